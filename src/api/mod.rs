@@ -1,0 +1,3 @@
+//! The OpenAI-compatible HTTP layer.
+
+pub mod caller;

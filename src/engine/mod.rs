@@ -1,0 +1,10 @@
+//! The serving engine: one thread owns every serving tensor; the HTTP layer reaches it only
+//! through the [`Backend`] trait, so handlers can be tested against a fake.
+
+pub mod types;
+
+pub use types::*;
+
+pub mod local;
+
+pub use local::{EngineOptions, LocalEngine};
