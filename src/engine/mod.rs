@@ -8,3 +8,10 @@ pub use types::*;
 pub mod local;
 
 pub use local::{EngineOptions, LocalEngine};
+pub mod detokenize;
+pub mod handle;
+pub mod sampling;
+pub mod scheduler;
+#[cfg(test)]
+mod scheduler_tests;
+pub mod stop;

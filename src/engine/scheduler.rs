@@ -1,0 +1,385 @@
+//! The serving loop: one thread owns the model and every serving tensor. Requests arrive over a
+//! channel; sequences that arrive while others decode join the next step (continuous batching),
+//! and all decoding sequences advance together in one batched forward.
+
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::mpsc as std_mpsc;
+use std::sync::Arc;
+
+use tch::Tensor;
+use tokio::sync::mpsc;
+
+use super::detokenize::{Decode, IncrementalText};
+use super::sampling::{sample_batch, SequenceSampler};
+use super::stop::{StopMatcher, StopOutcome};
+use super::types::*;
+
+/// Prompt tokens prefilled per loop iteration, so one long prompt doesn't stall decoding.
+pub const PREFILL_CHUNK: usize = 512;
+
+/// What the scheduler needs from a model: slot-based prefill and batched decode.
+/// Implemented over the tch transformer, and by a tiny fake in tests.
+pub trait StepModel {
+    fn max_slots(&self) -> usize;
+    fn alloc_slot(&mut self) -> Option<usize>;
+    fn free_slot(&mut self, slot: usize);
+    /// Feeds the next chunk of a sequence's prompt; returns the logits of its last position, [vocab].
+    fn prefill(&mut self, slot: usize, tokens: &[u32], use_adapter: bool)
+        -> Result<Tensor, String>;
+    /// One token per sequence; returns [B, vocab] logits.
+    fn decode(
+        &mut self,
+        slots: &[usize],
+        tokens: &[u32],
+        use_adapter: &[bool],
+    ) -> Result<Tensor, String>;
+}
+
+/// Messages to the serving thread.
+pub enum Command {
+    Generate(GenerateRequest, mpsc::Sender<GenerateEvent>),
+    /// Install a new model state between steps (e.g. an adapter swap); the closure runs on the
+    /// serving thread with the model, and the new policy version takes effect for new requests.
+    Update(Box<dyn FnOnce(&mut dyn StepModel) -> Result<u64, String> + Send>),
+    Shutdown,
+}
+
+/// Counters shared with the handle, for metrics and admission control.
+#[derive(Debug, Default)]
+pub struct SharedCounters {
+    pub queued: AtomicUsize,
+    pub active: AtomicUsize,
+    pub policy_version: AtomicU64,
+}
+
+struct Sequence {
+    request: GenerateRequest,
+    events: mpsc::Sender<GenerateEvent>,
+    slot: usize,
+    sampler: SequenceSampler,
+    stop: StopMatcher,
+    text: IncrementalText,
+    prefilled: usize,
+    generated: usize,
+    /// The token to feed at the next decode step.
+    next_input: Option<u32>,
+    policy_version: u64,
+}
+
+impl Sequence {
+    fn use_adapter(&self) -> bool {
+        self.request.adapter == AdapterChoice::Current
+    }
+    fn prefill_done(&self) -> bool {
+        self.prefilled >= self.request.prompt_tokens.len()
+    }
+}
+
+/// The serving loop's state.
+pub struct Scheduler<M: StepModel> {
+    model: M,
+    decoder: Arc<dyn Decode>,
+    eos_tokens: Vec<u32>,
+    max_context: usize,
+    counters: Arc<SharedCounters>,
+    waiting_user: VecDeque<(GenerateRequest, mpsc::Sender<GenerateEvent>)>,
+    waiting_background: VecDeque<(GenerateRequest, mpsc::Sender<GenerateEvent>)>,
+    running: Vec<Sequence>,
+}
+
+impl<M: StepModel> Scheduler<M> {
+    pub fn new(
+        model: M,
+        decoder: Arc<dyn Decode>,
+        eos_tokens: Vec<u32>,
+        max_context: usize,
+        counters: Arc<SharedCounters>,
+    ) -> Self {
+        Self {
+            model,
+            decoder,
+            eos_tokens,
+            max_context,
+            counters,
+            waiting_user: VecDeque::new(),
+            waiting_background: VecDeque::new(),
+            running: Vec::new(),
+        }
+    }
+
+    /// Runs until a Shutdown command or until every sender is gone, then finishes what runs.
+    pub fn run(mut self, commands: std_mpsc::Receiver<Command>) {
+        let _no_grad = tch::no_grad_guard();
+        let mut open = true;
+        loop {
+            let idle = self.running.is_empty() && self.waiting() == 0;
+            if idle && !open {
+                return;
+            }
+            if idle {
+                match commands.recv() {
+                    Ok(command) => open &= self.accept(command),
+                    Err(_) => return,
+                }
+            }
+            while open {
+                match commands.try_recv() {
+                    Ok(command) => open &= self.accept(command),
+                    Err(std_mpsc::TryRecvError::Empty) => break,
+                    Err(std_mpsc::TryRecvError::Disconnected) => open = false,
+                }
+            }
+            self.step();
+        }
+    }
+
+    fn waiting(&self) -> usize {
+        self.waiting_user.len() + self.waiting_background.len()
+    }
+
+    /// Returns false when the loop should stop taking commands.
+    fn accept(&mut self, command: Command) -> bool {
+        match command {
+            Command::Generate(request, events) => {
+                if request.priority == Priority::User {
+                    self.waiting_user.push_back((request, events));
+                } else {
+                    self.waiting_background.push_back((request, events));
+                }
+                true
+            }
+            Command::Update(update) => {
+                match update(&mut self.model) {
+                    Ok(version) => self
+                        .counters
+                        .policy_version
+                        .store(version, Ordering::SeqCst),
+                    Err(err) => {
+                        tracing::error!(%err, "model update failed; serving goes on unchanged")
+                    }
+                }
+                true
+            }
+            Command::Shutdown => false,
+        }
+    }
+
+    /// One iteration: drop cancelled sequences, admit, prefill a chunk, decode one token for all.
+    pub fn step(&mut self) {
+        self.drop_cancelled();
+        self.admit();
+        self.prefill_some();
+        self.decode_all();
+        self.counters
+            .active
+            .store(self.running.len(), Ordering::Relaxed);
+    }
+
+    fn drop_cancelled(&mut self) {
+        let (gone, kept): (Vec<_>, Vec<_>) = std::mem::take(&mut self.running)
+            .into_iter()
+            .partition(|s| s.events.is_closed());
+        for seq in gone {
+            self.model.free_slot(seq.slot);
+        }
+        self.running = kept;
+    }
+
+    fn admit(&mut self) {
+        while self.running.len() < self.model.max_slots() {
+            let next = self
+                .waiting_user
+                .pop_front()
+                .or_else(|| self.waiting_background.pop_front());
+            let Some((request, events)) = next else { break };
+            self.counters.queued.fetch_sub(1, Ordering::Relaxed);
+            if events.is_closed() {
+                continue;
+            }
+            let Some(slot) = self.model.alloc_slot() else {
+                let _ = events.try_send(GenerateEvent::Error("no free sequence slot".into()));
+                continue;
+            };
+            self.running.push(Sequence {
+                sampler: SequenceSampler::new(request.sampling.clone()),
+                stop: StopMatcher::new(&request.stop.stop_strings),
+                text: IncrementalText::default(),
+                prefilled: 0,
+                generated: 0,
+                next_input: None,
+                policy_version: self.counters.policy_version.load(Ordering::SeqCst),
+                slot,
+                request,
+                events,
+            });
+        }
+    }
+
+    /// Prefills at most PREFILL_CHUNK prompt tokens across the sequences that need it.
+    fn prefill_some(&mut self) {
+        let mut budget = PREFILL_CHUNK;
+        let mut finished = Vec::new();
+        for index in 0..self.running.len() {
+            if budget == 0 {
+                break;
+            }
+            let seq = &mut self.running[index];
+            if seq.prefill_done() {
+                continue;
+            }
+            let end = (seq.prefilled + budget).min(seq.request.prompt_tokens.len());
+            let chunk = &seq.request.prompt_tokens[seq.prefilled..end];
+            budget -= chunk.len();
+            let logits = self.model.prefill(seq.slot, chunk, seq.use_adapter());
+            seq.prefilled = end;
+            match logits {
+                Err(err) => {
+                    let _ = seq.events.try_send(GenerateEvent::Error(err));
+                    finished.push(index);
+                }
+                Ok(logits) if seq.prefill_done() => {
+                    finished.extend(self.emit_batch(&[index], &logits.reshape([1, -1])));
+                }
+                Ok(_) => {}
+            }
+        }
+        self.retire(finished);
+    }
+
+    fn decode_all(&mut self) {
+        let ready: Vec<usize> = (0..self.running.len())
+            .filter(|&i| self.running[i].next_input.is_some())
+            .collect();
+        if ready.is_empty() {
+            return;
+        }
+        let slots: Vec<usize> = ready.iter().map(|&i| self.running[i].slot).collect();
+        let tokens: Vec<u32> = ready
+            .iter()
+            .map(|&i| self.running[i].next_input.unwrap_or(0))
+            .collect();
+        let adapters: Vec<bool> = ready
+            .iter()
+            .map(|&i| self.running[i].use_adapter())
+            .collect();
+        let mut finished = Vec::new();
+        match self.model.decode(&slots, &tokens, &adapters) {
+            Err(err) => {
+                for &i in &ready {
+                    let _ = self.running[i]
+                        .events
+                        .try_send(GenerateEvent::Error(err.clone()));
+                    finished.push(i);
+                }
+            }
+            Ok(logits) => finished.extend(self.emit_batch(&ready, &logits)),
+        }
+        self.retire(finished);
+    }
+
+    /// Samples one token for each listed sequence from its row of `logits` and sends it.
+    /// Returns the indices of sequences that finished.
+    fn emit_batch(&mut self, indices: &[usize], logits: &Tensor) -> Vec<usize> {
+        let top_n: Vec<usize> = indices
+            .iter()
+            .map(|&i| self.running[i].request.top_logprobs)
+            .collect();
+        let sampled = {
+            let mut samplers: Vec<&mut SequenceSampler> = Vec::with_capacity(indices.len());
+            let mut rest: &mut [Sequence] = &mut self.running;
+            let mut offset = 0;
+            // Disjoint mutable borrows of the listed sequences' samplers, in order.
+            for &i in indices {
+                let (_, tail) = rest.split_at_mut(i - offset);
+                let (head, tail) = tail.split_at_mut(1);
+                samplers.push(&mut head[0].sampler);
+                rest = tail;
+                offset = i + 1;
+            }
+            sample_batch(logits, &mut samplers, &top_n)
+        };
+        let mut finished = Vec::new();
+        for (&i, s) in indices.iter().zip(sampled) {
+            if self.deliver(i, s) {
+                finished.push(i);
+            }
+        }
+        finished
+    }
+
+    /// Sends one sampled token; returns true when the sequence is finished.
+    fn deliver(&mut self, index: usize, sampled: super::sampling::Sampled) -> bool {
+        let decoder = Arc::clone(&self.decoder);
+        let max_context = self.max_context;
+        let is_eos = self.eos_tokens.contains(&sampled.token);
+        let seq = &mut self.running[index];
+        seq.generated += 1;
+        let is_stop_token = is_eos || seq.request.stop.stop_token_ids.contains(&sampled.token);
+        let (text, matched_stop) = if is_stop_token {
+            (seq.stop.finish(), None)
+        } else {
+            let delta = seq.text.push(decoder.as_ref(), sampled.token);
+            match seq.stop.push(&delta) {
+                StopOutcome::Continue(text) => (text, None),
+                StopOutcome::Stopped { text, stop } => (text, Some(stop)),
+            }
+        };
+        let top_logprobs = sampled
+            .top
+            .iter()
+            .map(|&(token_id, logprob)| TokenLogprob {
+                token_id,
+                text: decoder.decode(&[token_id]),
+                logprob,
+            })
+            .collect();
+        let total = seq.request.prompt_tokens.len() + seq.generated;
+        let reason = if is_stop_token || matched_stop.is_some() {
+            Some(FinishReason::Stop)
+        } else if seq.generated >= seq.request.stop.max_tokens || total >= max_context {
+            Some(FinishReason::Length)
+        } else {
+            None
+        };
+        let mut text = text;
+        if reason.is_some() && matched_stop.is_none() {
+            // Text held back as a possible stop string start is released with the last token.
+            text.push_str(&seq.stop.finish());
+        }
+        let event = GenerateEvent::Token(TokenEvent {
+            token_id: sampled.token,
+            text,
+            logprob: sampled.logprob,
+            top_logprobs,
+        });
+        if seq.events.try_send(event).is_err() {
+            return true;
+        }
+        match reason {
+            None => {
+                seq.next_input = Some(sampled.token);
+                false
+            }
+            Some(reason) => {
+                let _ = seq.events.try_send(GenerateEvent::Finish(FinishEvent {
+                    reason,
+                    prompt_tokens: seq.request.prompt_tokens.len(),
+                    completion_tokens: seq.generated,
+                    policy_version: seq.policy_version,
+                    matched_stop,
+                }));
+                true
+            }
+        }
+    }
+
+    fn retire(&mut self, mut indices: Vec<usize>) {
+        indices.sort_unstable();
+        indices.dedup();
+        for &i in indices.iter().rev() {
+            let seq = self.running.remove(i);
+            self.model.free_slot(seq.slot);
+        }
+    }
+}

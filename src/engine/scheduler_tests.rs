@@ -1,0 +1,215 @@
+//! The scheduler against a tiny deterministic model: token t is always followed by t + 1.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use tch::Tensor;
+
+use super::detokenize::Decode;
+use super::handle::{EngineHandle, LoadedModel};
+use super::scheduler::StepModel;
+use super::types::*;
+
+const VOCAB: i64 = 32;
+const EOS: u32 = 31;
+
+struct Counting {
+    free: Vec<usize>,
+    last: Vec<u32>,
+    widest_batch: Arc<AtomicUsize>,
+    step_delay: Duration,
+}
+
+fn next_logits(tokens: &[u32]) -> Tensor {
+    let rows: Vec<f32> = tokens
+        .iter()
+        .flat_map(|&t| {
+            (0..VOCAB).map(move |v| {
+                if v == (i64::from(t) + 1) % VOCAB {
+                    5.0
+                } else {
+                    0.0
+                }
+            })
+        })
+        .collect();
+    Tensor::from_slice(&rows).reshape([tokens.len() as i64, VOCAB])
+}
+
+impl StepModel for Counting {
+    fn max_slots(&self) -> usize {
+        self.last.len()
+    }
+    fn alloc_slot(&mut self) -> Option<usize> {
+        self.free.pop()
+    }
+    fn free_slot(&mut self, slot: usize) {
+        self.free.push(slot);
+    }
+    fn prefill(&mut self, slot: usize, tokens: &[u32], _: bool) -> Result<Tensor, String> {
+        let last = *tokens.last().ok_or("empty chunk")?;
+        self.last[slot] = last;
+        Ok(next_logits(&[last]).squeeze_dim(0))
+    }
+    fn decode(&mut self, slots: &[usize], tokens: &[u32], _: &[bool]) -> Result<Tensor, String> {
+        std::thread::sleep(self.step_delay);
+        self.widest_batch.fetch_max(slots.len(), Ordering::SeqCst);
+        Ok(next_logits(tokens))
+    }
+}
+
+struct Letters;
+impl Decode for Letters {
+    fn decode(&self, tokens: &[u32]) -> String {
+        tokens
+            .iter()
+            .map(|&t| char::from(b'a' + (t % 26) as u8))
+            .collect()
+    }
+}
+
+fn engine(slots: usize, queue: usize, delay_ms: u64) -> (EngineHandle, Arc<AtomicUsize>) {
+    let widest = Arc::new(AtomicUsize::new(0));
+    let w = Arc::clone(&widest);
+    let handle = EngineHandle::spawn(
+        move || {
+            Ok(LoadedModel {
+                model: Counting {
+                    free: (0..slots).rev().collect(),
+                    last: vec![0; slots],
+                    widest_batch: w,
+                    step_delay: Duration::from_millis(delay_ms),
+                },
+                decoder: Arc::new(Letters),
+                eos_tokens: vec![EOS],
+                max_context: 64,
+            })
+        },
+        queue,
+    )
+    .expect("engine starts");
+    (handle, widest)
+}
+
+fn request(prompt: Vec<u32>, max_tokens: usize) -> GenerateRequest {
+    GenerateRequest {
+        request_id: "t".into(),
+        prompt_tokens: prompt,
+        sampling: SamplingParams {
+            temperature: 0.0,
+            ..Default::default()
+        },
+        stop: StopCriteria {
+            max_tokens,
+            ..Default::default()
+        },
+        top_logprobs: 0,
+        adapter: AdapterChoice::Current,
+        priority: Priority::User,
+    }
+}
+
+fn collect(mut stream: EventStream) -> (Vec<u32>, String, Option<FinishEvent>) {
+    let (mut ids, mut text, mut finish) = (Vec::new(), String::new(), None);
+    while let Some(event) = stream.blocking_recv() {
+        match event {
+            GenerateEvent::Token(t) => {
+                ids.push(t.token_id);
+                text.push_str(&t.text);
+            }
+            GenerateEvent::Finish(f) => finish = Some(f),
+            GenerateEvent::Error(e) => panic!("engine error: {e}"),
+        }
+    }
+    (ids, text, finish)
+}
+
+#[test]
+fn generates_until_length_then_until_eos() {
+    let (engine, _) = engine(4, 8, 0);
+    let (ids, text, finish) = collect(engine.submit(request(vec![1, 2], 3)).unwrap());
+    assert_eq!(ids, [3, 4, 5]);
+    assert_eq!(text, "def");
+    let finish = finish.unwrap();
+    assert_eq!(finish.reason, FinishReason::Length);
+    assert_eq!((finish.prompt_tokens, finish.completion_tokens), (2, 3));
+
+    let (ids, text, finish) = collect(engine.submit(request(vec![28], 10)).unwrap());
+    assert_eq!(ids, [29, 30, 31], "EOS ends the sequence and is reported");
+    assert_eq!(text, "de", "EOS has no text");
+    assert_eq!(finish.unwrap().reason, FinishReason::Stop);
+}
+
+#[test]
+fn stop_strings_and_stop_tokens_end_generation() {
+    let (engine, _) = engine(4, 8, 0);
+    let mut req = request(vec![0], 10);
+    req.stop.stop_strings = vec!["de".into()];
+    let (ids, text, finish) = collect(engine.submit(req).unwrap());
+    assert_eq!(text, "bc");
+    assert_eq!(ids, [1, 2, 3, 4]);
+    assert_eq!(finish.unwrap().matched_stop.as_deref(), Some("de"));
+
+    let mut req = request(vec![0], 10);
+    req.stop.stop_token_ids = vec![3];
+    let (ids, text, _) = collect(engine.submit(req).unwrap());
+    assert_eq!((ids, text.as_str()), (vec![1, 2, 3], "bc"));
+}
+
+#[test]
+fn concurrent_sequences_decode_in_one_batch() {
+    let (engine, widest) = engine(8, 16, 2);
+    let streams: Vec<_> = (0..6)
+        .map(|i| engine.submit(request(vec![i], 20)).unwrap())
+        .collect();
+    for (i, stream) in streams.into_iter().enumerate() {
+        let (ids, _, finish) = collect(stream);
+        let expected: Vec<u32> = (1..=20).map(|k| (i as u32 + k) % 32).collect();
+        let cut = expected
+            .iter()
+            .position(|&t| t == EOS)
+            .map_or(20, |p| p + 1);
+        assert_eq!(ids, expected[..cut]);
+        assert!(finish.is_some());
+    }
+    assert!(widest.load(Ordering::SeqCst) >= 4, "batched decode");
+}
+
+#[test]
+fn admission_errors_are_reported_before_starting() {
+    let (engine, _) = engine(1, 1, 20);
+    assert!(matches!(
+        engine.submit(request(vec![1; 60], 10)),
+        Err(SubmitError::ContextTooLong {
+            max: 64,
+            requested: 70,
+            ..
+        })
+    ));
+    assert!(matches!(
+        engine.submit(request(vec![], 10)),
+        Err(SubmitError::Invalid(_))
+    ));
+    // One running (slot), then the queue of one fills.
+    let running = engine.submit(request(vec![1], 30)).unwrap();
+    std::thread::sleep(Duration::from_millis(50));
+    let queued = engine.submit(request(vec![1], 30)).unwrap();
+    assert_eq!(
+        engine.submit(request(vec![1], 30)).unwrap_err(),
+        SubmitError::QueueFull
+    );
+    drop(running);
+    drop(queued);
+}
+
+#[test]
+fn dropping_the_stream_frees_the_slot() {
+    let (engine, _) = engine(1, 4, 5);
+    let mut first = engine.submit(request(vec![1], 1000.min(60))).unwrap();
+    let _ = first.blocking_recv();
+    drop(first);
+    let (ids, _, finish) = collect(engine.submit(request(vec![5], 2)).unwrap());
+    assert_eq!(ids, [6, 7]);
+    assert!(finish.is_some());
+}
