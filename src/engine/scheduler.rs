@@ -313,6 +313,7 @@ impl<M: StepModel> Scheduler<M> {
         let decoder = Arc::clone(&self.decoder);
         let max_context = self.max_context;
         let is_eos = self.eos_tokens.contains(&sampled.token);
+        let is_eos = is_eos && !self.running[index].request.stop.ignore_eos;
         let seq = &mut self.running[index];
         seq.generated += 1;
         let is_stop_token = is_eos || seq.request.stop.stop_token_ids.contains(&sampled.token);

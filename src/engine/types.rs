@@ -34,6 +34,9 @@ pub struct StopCriteria {
     pub max_tokens: usize,
     pub stop_strings: Vec<String>,
     pub stop_token_ids: Vec<u32>,
+    /// Keep generating past the model's end-of-sequence tokens (benchmarks).
+    #[serde(default)]
+    pub ignore_eos: bool,
 }
 
 /// Which weights answer: the current policy (base + published adapter) or the frozen base
