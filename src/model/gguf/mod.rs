@@ -17,7 +17,7 @@ pub use reader::{GgufFile, MetaValue, TensorInfo};
 
 #[derive(Debug, thiserror::Error)]
 pub enum GgufError {
-    #[error("{}: cannot open: {source}", path.display())]
+    #[error("{}: cannot open", path.display())]
     Open {
         path: PathBuf,
         source: std::io::Error,
