@@ -1,0 +1,89 @@
+"""Write small GGUF files for the import tests: every supported quant type, and one that is not.
+
+usage: make_test_ggufs.py OUT_DIR  -> OUT_DIR/{multi_quant,unsupported_quant}.gguf
+Block bytes are random, but each block's f16 scales are set to small finite values so the
+dequantized weights are finite and comparable.
+"""
+import sys
+
+import numpy as np
+from gguf import GGMLQuantizationType as T, GGUFWriter, GGML_QUANT_SIZES
+from gguf.quants import quantize
+
+rng = np.random.default_rng(0)
+HIDDEN, HEADS, KV_HEADS, FFN = 256, 4, 2, 512
+HEAD_DIM = HIDDEN // HEADS
+# Byte alphabet of GPT-2 for printable ASCII, plus one merge, plus two special tokens.
+TOKENS = ["<|endoftext|>", "<|im_end|>"] + [chr(c) for c in range(33, 127)] + ["ab"]
+F16_FIELDS = {  # byte offsets of the f16 scale fields in each block
+    T.Q4_0: [0], T.Q4_1: [0, 2], T.Q5_0: [0], T.Q5_1: [0, 2], T.Q8_0: [0],
+    T.Q4_K: [0, 2], T.Q5_K: [0, 2], T.Q6_K: [208], T.Q2_K: [80, 82],
+}
+
+
+def raw_blocks(qtype, shape):
+    block_elems, block_bytes = GGML_QUANT_SIZES[qtype]
+    n_blocks = int(np.prod(shape)) // block_elems
+    blocks = rng.integers(0, 256, size=(n_blocks, block_bytes), dtype=np.uint8)
+    for off in F16_FIELDS[qtype]:
+        scales = rng.uniform(-0.05, 0.05, size=n_blocks).astype(np.float16)
+        blocks[:, off:off + 2] = scales.view(np.uint8).reshape(n_blocks, 2)
+    return blocks.reshape(shape[0], -1)
+
+
+def add(writer, name, shape, qtype):
+    if qtype == T.F32:
+        writer.add_tensor(name, rng.normal(size=shape).astype(np.float32))
+    elif qtype in (T.F16, T.BF16):
+        data = quantize(rng.normal(size=shape).astype(np.float32), qtype)
+        writer.add_tensor(name, data, raw_dtype=qtype)
+    else:
+        writer.add_tensor(name, raw_blocks(qtype, shape), raw_dtype=qtype)
+
+
+def write(path, types):
+    w = GGUFWriter(path, "llama")
+    w.add_block_count(1)
+    w.add_context_length(512)
+    w.add_embedding_length(HIDDEN)
+    w.add_feed_forward_length(FFN)
+    w.add_head_count(HEADS)
+    w.add_head_count_kv(KV_HEADS)
+    w.add_rope_dimension_count(HEAD_DIM)
+    w.add_rope_freq_base(10000.0)
+    w.add_layer_norm_rms_eps(1e-6)
+    w.add_tokenizer_model("gpt2")
+    w.add_tokenizer_pre("default")
+    w.add_token_list(TOKENS)
+    w.add_token_types([3, 3] + [1] * (len(TOKENS) - 2))
+    w.add_token_merges(["a b"])
+    w.add_bos_token_id(0)
+    w.add_eos_token_id(1)
+    vocab = len(TOKENS)
+    shapes = {
+        "token_embd.weight": (vocab, HIDDEN), "output.weight": (vocab, HIDDEN),
+        "output_norm.weight": (HIDDEN,), "blk.0.attn_norm.weight": (HIDDEN,),
+        "blk.0.ffn_norm.weight": (HIDDEN,), "blk.0.attn_q.weight": (HIDDEN, HIDDEN),
+        "blk.0.attn_k.weight": (KV_HEADS * HEAD_DIM, HIDDEN),
+        "blk.0.attn_v.weight": (KV_HEADS * HEAD_DIM, HIDDEN),
+        "blk.0.attn_output.weight": (HIDDEN, HIDDEN), "blk.0.ffn_gate.weight": (FFN, HIDDEN),
+        "blk.0.ffn_up.weight": (FFN, HIDDEN), "blk.0.ffn_down.weight": (HIDDEN, FFN),
+    }
+    for name, shape in shapes.items():
+        add(w, name, shape, types.get(name, T.F32))
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+
+
+out = sys.argv[1]
+write(f"{out}/multi_quant.gguf", {
+    "token_embd.weight": T.Q6_K, "output.weight": T.Q8_0, "blk.0.attn_q.weight": T.Q4_K,
+    "blk.0.attn_k.weight": T.Q5_K, "blk.0.attn_v.weight": T.Q5_0,
+    "blk.0.attn_output.weight": T.Q5_1, "blk.0.ffn_gate.weight": T.Q4_0,
+    "blk.0.ffn_up.weight": T.F16, "blk.0.ffn_down.weight": T.BF16,
+    "blk.0.attn_norm.weight": T.F32,
+})
+write(f"{out}/unsupported_quant.gguf", {"blk.0.ffn_gate.weight": T.Q2_K})
+print("ok")
