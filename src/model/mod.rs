@@ -1,2 +1,11 @@
 //! The model: HF directories and GGUF import, tokenizer, chat templates, and the tch
 //! transformer (Llama / Qwen2 / Qwen3) with its KV cache and LoRA adapters.
+pub mod config;
+pub mod error;
+pub mod kv_cache;
+pub mod logprobs;
+pub mod lora;
+pub mod peft;
+pub mod rope;
+pub mod transformer;
+pub mod weights;
