@@ -1,6 +1,15 @@
 //! The model: HF directories and GGUF import, tokenizer, chat templates, and the tch
 //! transformer (Llama / Qwen2 / Qwen3) with its KV cache and LoRA adapters.
 pub mod chat_template;
+pub mod config;
 pub mod default_model;
+pub mod error;
 pub mod gguf;
+pub mod kv_cache;
+pub mod logprobs;
+pub mod lora;
+pub mod peft;
+pub mod rope;
 pub mod tokenizer;
+pub mod transformer;
+pub mod weights;

@@ -1,0 +1,447 @@
+//! The decoder-only transformer (Llama / Qwen2 / Qwen3) as plain tensors, with q/k/v and
+//! gate/up fused at load time. The serving paths live in `kv_cache.rs`, the adapter in `lora.rs`.
+
+use std::path::Path;
+
+use tch::{Device, Kind, Tensor};
+
+use super::config::ModelConfig;
+use super::error::ModelError;
+use super::lora::{self, LayerLora, LoraConfig, LoraPair, TrainableAdapter};
+use super::rope::{self, RopeTables};
+use super::weights::WeightFiles;
+
+pub(crate) struct Layer {
+    input_norm: Tensor,
+    /// [q_dim + 2 kv_dim, hidden]
+    qkv_w: Tensor,
+    qkv_b: Option<Tensor>,
+    o_w: Tensor,
+    o_b: Option<Tensor>,
+    q_norm: Option<Tensor>,
+    k_norm: Option<Tensor>,
+    post_norm: Tensor,
+    /// [2 intermediate, hidden]
+    gate_up_w: Tensor,
+    down_w: Tensor,
+}
+
+/// The installed adapter: pairs per layer, and for serving adapters their fused form
+/// (trainable adapters are fused anew in every forward so gradients reach the variables).
+pub(crate) struct InstalledAdapter {
+    pub config: LoraConfig,
+    pub pairs: Vec<Vec<LoraPair>>,
+    pub fused: Option<Vec<LayerLora>>,
+}
+
+pub struct Transformer {
+    pub(crate) config: ModelConfig,
+    pub(crate) device: Device,
+    pub(crate) kind: Kind,
+    embed: Tensor,
+    /// None when tied to `embed`.
+    lm_head: Option<Tensor>,
+    final_norm: Tensor,
+    pub(crate) layers: Vec<Layer>,
+    pub(crate) rope: RopeTables,
+    pub(crate) adapter: Option<InstalledAdapter>,
+}
+
+/// Where a layer's keys and values come from: the training path uses the chunk's own, the
+/// serving paths write them into the cache and read back the whole history.
+pub(crate) trait KvSource {
+    /// k, v: [B, T, kv_heads, head_dim] → keys, values [B, kv_heads, L, head_dim].
+    fn keys_values(&mut self, layer: usize, k: &Tensor, v: &Tensor) -> (Tensor, Tensor);
+}
+
+pub(crate) struct NoCache;
+
+impl KvSource for NoCache {
+    fn keys_values(&mut self, _layer: usize, k: &Tensor, v: &Tensor) -> (Tensor, Tensor) {
+        (k.transpose(1, 2), v.transpose(1, 2))
+    }
+}
+
+/// Per-forward inputs shared by all layers.
+pub(crate) struct StepContext<'a> {
+    /// Broadcastable to [B, T, heads, head_dim], f32.
+    pub cos: Tensor,
+    pub sin: Tensor,
+    /// Bool, broadcastable to [B, heads, T, L]; true where attention is allowed.
+    pub mask: Tensor,
+    pub adapter: Option<&'a [LayerLora]>,
+    /// [B, 1, 1] 0/1 factor on the adapter delta of each row; None applies it to all rows.
+    pub row_mask: Option<Tensor>,
+}
+
+impl Transformer {
+    /// Loads `dir/config.json` and its safetensors weights as `kind` (Float or BFloat16) on `device`.
+    pub fn load(dir: &Path, device: Device, kind: Kind) -> Result<Self, ModelError> {
+        if !matches!(kind, Kind::Float | Kind::BFloat16) {
+            return Err(ModelError::UnsupportedKind(kind));
+        }
+        let config = ModelConfig::from_dir(dir)?;
+        let files = WeightFiles::open(dir)?;
+        let _guard = tch::no_grad_guard();
+        let c = &config;
+        let (h, i, v) = (
+            c.hidden_size as i64,
+            c.intermediate_size as i64,
+            c.vocab_size as i64,
+        );
+        let (qd, kvd, hd) = (c.q_dim() as i64, c.kv_dim() as i64, c.head_dim as i64);
+        let w = |name: &str, shape: &[i64]| files.load(name, shape, kind, device);
+        let norm = |name: &str, shape: &[i64]| files.load(name, shape, Kind::Float, device);
+        let mut layers = Vec::with_capacity(c.num_layers);
+        for l in 0..c.num_layers {
+            let p = format!("model.layers.{l}.");
+            let attn = |n: &str| format!("{p}self_attn.{n}");
+            let qkv_w = Tensor::cat(
+                &[
+                    w(&attn("q_proj.weight"), &[qd, h])?,
+                    w(&attn("k_proj.weight"), &[kvd, h])?,
+                    w(&attn("v_proj.weight"), &[kvd, h])?,
+                ],
+                0,
+            );
+            let qkv_b = if c.qkv_bias {
+                Some(Tensor::cat(
+                    &[
+                        w(&attn("q_proj.bias"), &[qd])?,
+                        w(&attn("k_proj.bias"), &[kvd])?,
+                        w(&attn("v_proj.bias"), &[kvd])?,
+                    ],
+                    0,
+                ))
+            } else {
+                None
+            };
+            let gate_up_w = Tensor::cat(
+                &[
+                    w(&format!("{p}mlp.gate_proj.weight"), &[i, h])?,
+                    w(&format!("{p}mlp.up_proj.weight"), &[i, h])?,
+                ],
+                0,
+            );
+            layers.push(Layer {
+                input_norm: norm(&format!("{p}input_layernorm.weight"), &[h])?,
+                qkv_w,
+                qkv_b,
+                o_w: w(&attn("o_proj.weight"), &[h, qd])?,
+                o_b: if c.o_bias {
+                    Some(w(&attn("o_proj.bias"), &[h])?)
+                } else {
+                    None
+                },
+                q_norm: if c.qk_norm {
+                    Some(norm(&attn("q_norm.weight"), &[hd])?)
+                } else {
+                    None
+                },
+                k_norm: if c.qk_norm {
+                    Some(norm(&attn("k_norm.weight"), &[hd])?)
+                } else {
+                    None
+                },
+                post_norm: norm(&format!("{p}post_attention_layernorm.weight"), &[h])?,
+                gate_up_w,
+                down_w: w(&format!("{p}mlp.down_proj.weight"), &[h, i])?,
+            });
+        }
+        let embed = w("model.embed_tokens.weight", &[v, h])?;
+        let lm_head = if c.tie_word_embeddings {
+            None
+        } else {
+            Some(w("lm_head.weight", &[v, h])?)
+        };
+        Ok(Transformer {
+            final_norm: norm("model.norm.weight", &[h])?,
+            rope: RopeTables::new(c, device),
+            config,
+            device,
+            kind,
+            embed,
+            lm_head,
+            layers,
+            adapter: None,
+        })
+    }
+
+    pub fn config(&self) -> &ModelConfig {
+        &self.config
+    }
+
+    pub fn device(&self) -> Device {
+        self.device
+    }
+
+    pub fn kind(&self) -> Kind {
+        self.kind
+    }
+
+    /// Every frozen base tensor (for checks that training leaves them untouched).
+    pub fn base_tensors(&self) -> Vec<(String, &Tensor)> {
+        let mut out = vec![
+            ("embed".to_string(), &self.embed),
+            ("final_norm".to_string(), &self.final_norm),
+        ];
+        if let Some(head) = &self.lm_head {
+            out.push(("lm_head".into(), head));
+        }
+        for (i, l) in self.layers.iter().enumerate() {
+            let named = [
+                ("input_norm", Some(&l.input_norm)),
+                ("qkv_w", Some(&l.qkv_w)),
+                ("qkv_b", l.qkv_b.as_ref()),
+                ("o_w", Some(&l.o_w)),
+                ("o_b", l.o_b.as_ref()),
+                ("q_norm", l.q_norm.as_ref()),
+                ("k_norm", l.k_norm.as_ref()),
+                ("post_norm", Some(&l.post_norm)),
+                ("gate_up_w", Some(&l.gate_up_w)),
+                ("down_w", Some(&l.down_w)),
+            ];
+            out.extend(
+                named
+                    .into_iter()
+                    .filter_map(|(n, t)| t.map(|t| (format!("layers.{i}.{n}"), t))),
+            );
+        }
+        out
+    }
+
+    /// Installs a trainable adapter: `forward_logits(.., true)` then trains its variables.
+    pub fn attach_trainable(&mut self, adapter: &TrainableAdapter) -> Result<(), ModelError> {
+        if adapter.num_layers() != self.config.num_layers {
+            return Err(ModelError::Adapter(format!(
+                "adapter has {} layers, model has {}",
+                adapter.num_layers(),
+                self.config.num_layers
+            )));
+        }
+        self.adapter = Some(InstalledAdapter {
+            config: adapter.config().clone(),
+            pairs: adapter.pairs(),
+            fused: None,
+        });
+        Ok(())
+    }
+
+    pub fn has_adapter(&self) -> bool {
+        self.adapter.is_some()
+    }
+
+    pub(crate) fn check_tokens(&self, tokens: &[u32]) -> Result<(), ModelError> {
+        let vocab = self.config.vocab_size;
+        match tokens.iter().find(|&&t| t as usize >= vocab) {
+            Some(&token) => Err(ModelError::TokenOutOfRange { token, vocab }),
+            None => Ok(()),
+        }
+    }
+
+    /// Embeds `ids` (i64 of any shape) into the f32 residual stream.
+    pub(crate) fn embed(&self, ids: &Tensor) -> Tensor {
+        Tensor::embedding(&self.embed, ids, -1, false, false).to_kind(Kind::Float)
+    }
+
+    /// Final norm and lm_head: [.., hidden] f32 → [.., vocab] f32.
+    pub(crate) fn logits(&self, hidden: &Tensor) -> Tensor {
+        let eps = self.config.rms_norm_eps;
+        let h = hidden.rms_norm(
+            [self.config.hidden_size as i64],
+            Some(&self.final_norm),
+            eps,
+        );
+        let head = self.lm_head.as_ref().unwrap_or(&self.embed);
+        h.to_kind(self.kind)
+            .linear::<Tensor>(head, None)
+            .to_kind(Kind::Float)
+    }
+
+    /// Runs every layer over the residual stream `x` [B, T, hidden] f32.
+    pub(crate) fn run_layers(
+        &self,
+        mut x: Tensor,
+        ctx: &StepContext,
+        kv: &mut dyn KvSource,
+    ) -> Tensor {
+        for index in 0..self.layers.len() {
+            x = self.layer(index, &x, ctx, kv);
+        }
+        x
+    }
+
+    fn layer(&self, index: usize, x: &Tensor, ctx: &StepContext, kv: &mut dyn KvSource) -> Tensor {
+        let c = &self.config;
+        let l = &self.layers[index];
+        let lora = ctx.adapter.map(|a| &a[index]);
+        let row_mask = ctx.row_mask.as_ref();
+        let (b, t) = (x.size()[0], x.size()[1]);
+        let (nh, nkv, hd) = (c.num_heads as i64, c.num_kv_heads as i64, c.head_dim as i64);
+        let (qd, kvd) = (nh * hd, nkv * hd);
+        let eps = c.rms_norm_eps;
+
+        let h = x
+            .rms_norm([c.hidden_size as i64], Some(&l.input_norm), eps)
+            .to_kind(self.kind);
+        let qkv = lora::add_delta(
+            h.linear(&l.qkv_w, l.qkv_b.as_ref()),
+            &h,
+            lora.and_then(|a| a.qkv.as_ref()),
+            row_mask,
+        );
+        let v = qkv.narrow(-1, qd + kvd, kvd).view([b, t, nkv, hd]);
+        let (q, k) = match (&l.q_norm, &l.k_norm) {
+            (Some(qn), Some(kn)) => {
+                let q = qkv
+                    .narrow(-1, 0, qd)
+                    .view([b, t, nh, hd])
+                    .to_kind(Kind::Float)
+                    .rms_norm([hd], Some(qn), eps);
+                let k = qkv
+                    .narrow(-1, qd, kvd)
+                    .view([b, t, nkv, hd])
+                    .to_kind(Kind::Float)
+                    .rms_norm([hd], Some(kn), eps);
+                (
+                    rope::apply(&q, &ctx.cos, &ctx.sin).to_kind(self.kind),
+                    rope::apply(&k, &ctx.cos, &ctx.sin).to_kind(self.kind),
+                )
+            }
+            _ => {
+                // q and k are adjacent in the fused output: rotate both in one pass.
+                let qk = rope::apply(
+                    &qkv.narrow(-1, 0, qd + kvd).view([b, t, nh + nkv, hd]),
+                    &ctx.cos,
+                    &ctx.sin,
+                );
+                (qk.narrow(2, 0, nh), qk.narrow(2, nh, nkv))
+            }
+        };
+        let (keys, values) = kv.keys_values(index, &k, &v);
+        let attn = Tensor::scaled_dot_product_attention(
+            &q.transpose(1, 2),
+            &keys,
+            &values,
+            Some(&ctx.mask),
+            0.0,
+            false,
+            None,
+            true,
+        )
+        .transpose(1, 2)
+        .reshape([b, t, qd]);
+        let o = lora::add_delta(
+            attn.linear(&l.o_w, l.o_b.as_ref()),
+            &attn,
+            lora.and_then(|a| a.o.as_ref()),
+            row_mask,
+        );
+        let x = x + o;
+
+        let h = x
+            .rms_norm([c.hidden_size as i64], Some(&l.post_norm), eps)
+            .to_kind(self.kind);
+        let gu = lora::add_delta(
+            h.linear::<Tensor>(&l.gate_up_w, None),
+            &h,
+            lora.and_then(|a| a.gate_up.as_ref()),
+            row_mask,
+        );
+        let inter = c.intermediate_size as i64;
+        let act = gu.narrow(-1, 0, inter).silu() * gu.narrow(-1, inter, inter);
+        let down = lora::add_delta(
+            act.linear::<Tensor>(&l.down_w, None),
+            &act,
+            lora.and_then(|a| a.down.as_ref()),
+            row_mask,
+        );
+        x + down
+    }
+
+    /// Fused adapter layers for one forward: the serving adapter's precomputed ones, or a
+    /// trainable adapter fused now (keeping the autograd graph to its variables).
+    pub(crate) fn with_adapter<R>(
+        &self,
+        use_adapter: bool,
+        f: impl FnOnce(Option<&[LayerLora]>) -> R,
+    ) -> R {
+        match (&self.adapter, use_adapter) {
+            (Some(adapter), true) => match &adapter.fused {
+                Some(fused) => f(Some(fused)),
+                None => {
+                    let scale = adapter.config.scale();
+                    let fused: Vec<LayerLora> = adapter
+                        .pairs
+                        .iter()
+                        .map(|p| lora::fuse_layer(p, &self.config, scale))
+                        .collect();
+                    f(Some(&fused))
+                }
+            },
+            _ => f(None),
+        }
+    }
+
+    /// Residual stream after the last layer, [B, T, hidden] f32, for right-padded `input_ids`
+    /// [B, T] i64 with `attention_mask` [B, T] (1 = token). Autograd follows the thread's mode.
+    pub(crate) fn forward_hidden(
+        &self,
+        input_ids: &Tensor,
+        attention_mask: &Tensor,
+        use_adapter: bool,
+    ) -> Result<Tensor, ModelError> {
+        let size = input_ids.size();
+        if size.len() != 2 || attention_mask.size() != size {
+            return Err(ModelError::InvalidRequest(format!(
+                "input_ids {:?} and attention_mask {:?} must both be [B, T]",
+                size,
+                attention_mask.size()
+            )));
+        }
+        let (b, t) = (size[0], size[1]);
+        if t as usize > self.config.max_position_embeddings {
+            return Err(ModelError::ContextOverflow {
+                needed: t as usize,
+                max: self.config.max_position_embeddings,
+            });
+        }
+        let ids = input_ids.f_to_kind(Kind::Int64)?.f_to_device(self.device)?;
+        let (lo, hi) = (ids.f_min()?.int64_value(&[]), ids.f_max()?.int64_value(&[]));
+        if lo < 0 || hi as usize >= self.config.vocab_size {
+            return Err(ModelError::TokenOutOfRange {
+                token: if lo < 0 { 0 } else { hi as u32 },
+                vocab: self.config.vocab_size,
+            });
+        }
+        let keys_valid = attention_mask
+            .f_to_device(self.device)?
+            .f_ne(0)?
+            .view([b, 1, 1, t]);
+        let causal = Tensor::ones([t, t], (Kind::Bool, self.device)).tril(0);
+        let hd = self.config.head_dim as i64;
+        let ctx_mask = causal.logical_and(&keys_valid);
+        let cos = self.rope.cos.narrow(0, 0, t).view([1, t, 1, hd]);
+        let sin = self.rope.sin.narrow(0, 0, t).view([1, t, 1, hd]);
+        Ok(self.with_adapter(use_adapter, |adapter| {
+            let ctx = StepContext {
+                cos,
+                sin,
+                mask: ctx_mask,
+                adapter,
+                row_mask: None,
+            };
+            self.run_layers(self.embed(&ids), &ctx, &mut NoCache)
+        }))
+    }
+
+    /// Logits [B, T, vocab] f32 for right-padded batches (training path, autograd on).
+    pub fn forward_logits(
+        &self,
+        input_ids: &Tensor,
+        attention_mask: &Tensor,
+        use_adapter: bool,
+    ) -> Result<Tensor, ModelError> {
+        Ok(self.logits(&self.forward_hidden(input_ids, attention_mask, use_adapter)?))
+    }
+}
