@@ -103,12 +103,24 @@ fn tokenizer_and_templates_match_transformers() {
     };
     import_gguf(&gguf, &smol_dir, &options).expect("import");
     let toks = [
-        ("smol", TextTokenizer::from_dir(&smol_dir).expect("smol tokenizer")),
-        ("qwen3", TextTokenizer::from_dir(&qwen3_dir()).expect("qwen3 tokenizer")),
+        (
+            "smol",
+            TextTokenizer::from_dir(&smol_dir).expect("smol tokenizer"),
+        ),
+        (
+            "qwen3",
+            TextTokenizer::from_dir(&qwen3_dir()).expect("qwen3 tokenizer"),
+        ),
     ];
     let templates = [
-        ("smol", ChatTemplate::from_model_dir(&smol_dir).expect("smol template")),
-        ("qwen3", ChatTemplate::from_model_dir(&qwen3_dir()).expect("qwen3 template")),
+        (
+            "smol",
+            ChatTemplate::from_model_dir(&smol_dir).expect("smol template"),
+        ),
+        (
+            "qwen3",
+            ChatTemplate::from_model_dir(&qwen3_dir()).expect("qwen3 template"),
+        ),
     ];
 
     let mut cases = Vec::new();
@@ -202,7 +214,11 @@ fn tokenizer_and_templates_match_transformers() {
         let decoded = tok_of(req[0].as_str().unwrap())
             .decode(&ours_encoded[i])
             .unwrap();
-        assert_eq!(decoded, reference["decode"][i], "{} decode {text:?}", req[0]);
+        assert_eq!(
+            decoded, reference["decode"][i],
+            "{} decode {text:?}",
+            req[0]
+        );
         assert_eq!(decoded, text, "{} round trip", req[0]);
     }
 
@@ -210,7 +226,10 @@ fn tokenizer_and_templates_match_transformers() {
     let mut rendered = 0;
     for (i, case) in cases.iter().enumerate() {
         let messages = case.conversation.as_array().unwrap();
-        let tools = case.tools.as_ref().map(|t| t.as_array().unwrap().as_slice());
+        let tools = case
+            .tools
+            .as_ref()
+            .map(|t| t.as_array().unwrap().as_slice());
         let ours = template_of(case.tok).render_with(
             messages,
             tools,
@@ -220,7 +239,11 @@ fn tokenizer_and_templates_match_transformers() {
         let theirs = &reference["render"][i];
         match (ours, theirs.get("error").and_then(Value::as_str)) {
             (Ok(text), None) => {
-                assert_eq!(text, *theirs, "case {i} ({}): {}", case.tok, case.conversation);
+                assert_eq!(
+                    text, *theirs,
+                    "case {i} ({}): {}",
+                    case.tok, case.conversation
+                );
                 // The rendered prompt tokenizes identically too.
                 let ids = tok_of(case.tok).encode(&text).unwrap();
                 let their_ids: Vec<u32> =
@@ -231,7 +254,10 @@ fn tokenizer_and_templates_match_transformers() {
             (Err(TemplateError::Rejected(ours)), Some(theirs)) => {
                 assert!(theirs.contains(&ours), "case {i}: {ours:?} vs {theirs:?}")
             }
-            (ours, _) => panic!("case {i} ({}): ours {ours:?}, transformers {theirs}", case.tok),
+            (ours, _) => panic!(
+                "case {i} ({}): ours {ours:?}, transformers {theirs}",
+                case.tok
+            ),
         }
     }
     assert!(rendered >= cases.len() - 1, "too few renders compared");

@@ -59,7 +59,10 @@ fn tojson(value: Value, kwargs: Kwargs) -> Result<Value, Error> {
         Some(v) => Some(match v.as_str() {
             Some(s) => s.to_string(),
             None => " ".repeat(usize::try_from(v).map_err(|_| {
-                Error::new(ErrorKind::InvalidOperation, "tojson: indent must be a number")
+                Error::new(
+                    ErrorKind::InvalidOperation,
+                    "tojson: indent must be a number",
+                )
             })?),
         }),
     };
@@ -109,12 +112,11 @@ impl ChatTemplate {
             })
         };
         let config_path = dir.join("tokenizer_config.json");
-        let config: Json = serde_json::from_str(&read(&config_path)?).map_err(|e| {
-            TemplateError::Read {
+        let config: Json =
+            serde_json::from_str(&read(&config_path)?).map_err(|e| TemplateError::Read {
                 path: config_path.clone(),
                 detail: e.to_string(),
-            }
-        })?;
+            })?;
         let jinja = dir.join("chat_template.jinja");
         if config.get("chat_template").is_none() && jinja.is_file() {
             let template = Json::String(read(&jinja)?);
@@ -191,7 +193,12 @@ impl ChatTemplate {
         tools: Option<&[Json]>,
         add_generation_prompt: bool,
     ) -> Result<String, TemplateError> {
-        self.render_with(messages, tools, add_generation_prompt, &serde_json::Map::new())
+        self.render_with(
+            messages,
+            tools,
+            add_generation_prompt,
+            &serde_json::Map::new(),
+        )
     }
 
     /// As `render`, with extra template variables (e.g. Qwen3's `enable_thinking`).
