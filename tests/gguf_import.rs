@@ -54,7 +54,11 @@ fn assert_clean_failure(input: &Path, expect_in_message: &str) {
     let target = out_dir.path().join("model");
     let out = import(input, &target);
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success(), "import of {} succeeded", input.display());
+    assert!(
+        !out.status.success(),
+        "import of {} succeeded",
+        input.display()
+    );
     assert!(
         stderr.contains(&input.display().to_string()),
         "message does not name the file: {stderr}"
@@ -64,9 +68,16 @@ fn assert_clean_failure(input: &Path, expect_in_message: &str) {
         "message lacks {expect_in_message:?}: {stderr}"
     );
     assert!(!stderr.contains("panicked"), "panic: {stderr}");
-    assert!(!target.exists(), "a failed import left {}", target.display());
+    assert!(
+        !target.exists(),
+        "a failed import left {}",
+        target.display()
+    );
     let leftovers: Vec<_> = std::fs::read_dir(out_dir.path()).unwrap().collect();
-    assert!(leftovers.is_empty(), "temp files left behind: {leftovers:?}");
+    assert!(
+        leftovers.is_empty(),
+        "temp files left behind: {leftovers:?}"
+    );
 }
 
 #[test]
@@ -102,10 +113,26 @@ fn import_matches_transformers_gguf_loader() {
     let reports: Vec<serde_json::Value> =
         serde_json::from_slice(&result.stdout).expect("JSON from gguf_model.py");
     for (report, (name, tensors)) in reports.iter().zip([("default", 272), ("multi_quant", 12)]) {
-        assert_eq!(report["missing_in_ours"], serde_json::json!([]), "{name}: {report}");
-        assert_eq!(report["extra_in_ours"], serde_json::json!([]), "{name}: {report}");
-        assert_eq!(report["shape_mismatch"], serde_json::json!([]), "{name}: {report}");
-        assert_eq!(report["config_diff"], serde_json::json!({}), "{name}: {report}");
+        assert_eq!(
+            report["missing_in_ours"],
+            serde_json::json!([]),
+            "{name}: {report}"
+        );
+        assert_eq!(
+            report["extra_in_ours"],
+            serde_json::json!([]),
+            "{name}: {report}"
+        );
+        assert_eq!(
+            report["shape_mismatch"],
+            serde_json::json!([]),
+            "{name}: {report}"
+        );
+        assert_eq!(
+            report["config_diff"],
+            serde_json::json!({}),
+            "{name}: {report}"
+        );
         assert_eq!(report["compared"], tensors, "{name}: {report}");
         let diff = report["max_abs_diff"].as_f64().expect("a finite max diff");
         assert!(diff <= 1e-6, "{name}: max abs diff {diff}: {report}");

@@ -119,7 +119,7 @@ impl GgmlType {
     /// Bytes for `n` elements, or None when `n` is not a whole number of blocks.
     pub fn byte_len(self, n: u64) -> Option<u64> {
         let (elems, bytes) = self.block();
-        (n % elems as u64 == 0).then(|| n / elems as u64 * bytes as u64)
+        n.is_multiple_of(elems as u64).then(|| n / elems as u64 * bytes as u64)
     }
 }
 
@@ -132,11 +132,17 @@ fn f16_at(b: &[u8], at: usize) -> f32 {
 pub fn dequantize(ty: GgmlType, bytes: &[u8], out: &mut [f32]) {
     let (elems, block_bytes) = ty.block();
     debug_assert_eq!(bytes.len() / block_bytes * elems, out.len());
-    let blocks = bytes.chunks_exact(block_bytes).zip(out.chunks_exact_mut(elems));
+    let blocks = bytes
+        .chunks_exact(block_bytes)
+        .zip(out.chunks_exact_mut(elems));
     match ty {
-        GgmlType::F32 => blocks.for_each(|(b, y)| y[0] = f32::from_le_bytes([b[0], b[1], b[2], b[3]])),
+        GgmlType::F32 => {
+            blocks.for_each(|(b, y)| y[0] = f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+        }
         GgmlType::F16 => blocks.for_each(|(b, y)| y[0] = f16_at(b, 0)),
-        GgmlType::BF16 => blocks.for_each(|(b, y)| y[0] = bf16::from_le_bytes([b[0], b[1]]).to_f32()),
+        GgmlType::BF16 => {
+            blocks.for_each(|(b, y)| y[0] = bf16::from_le_bytes([b[0], b[1]]).to_f32())
+        }
         GgmlType::Q4_0 => blocks.for_each(|(b, y)| q4_0(b, y)),
         GgmlType::Q4_1 => blocks.for_each(|(b, y)| q4_1(b, y)),
         GgmlType::Q5_0 => blocks.for_each(|(b, y)| q5_0(b, y)),
@@ -299,7 +305,10 @@ mod tests {
         let y = run(GgmlType::Q4_0, &b);
         assert_eq!(y[0], 3.5);
         assert_eq!(y[16], -3.5);
-        assert!(y.iter().enumerate().all(|(i, v)| i == 0 || i == 16 || *v == 0.0));
+        assert!(y
+            .iter()
+            .enumerate()
+            .all(|(i, v)| i == 0 || i == 16 || *v == 0.0));
     }
 
     #[test]

@@ -193,7 +193,11 @@ impl View for LazyTensor<'_> {
 
     fn data(&self) -> Cow<'_, [u8]> {
         let mut values = vec![0f32; self.info.n_elements() as usize];
-        dequantize(self.info.ggml_type, self.file.tensor_bytes(self.info), &mut values);
+        dequantize(
+            self.info.ggml_type,
+            self.file.tensor_bytes(self.info),
+            &mut values,
+        );
         if let Some(heads) = self.unpermute_heads {
             values = unpermute_rows(&values, heads, self.shape[0], self.shape[1]);
         }
@@ -248,7 +252,10 @@ pub fn plan_tensors<'a>(
             }
         };
         let shape = info.torch_shape();
-        let (q_rows, kv_rows) = ((hp.heads * hp.head_dim) as usize, (hp.kv_heads * hp.head_dim) as usize);
+        let (q_rows, kv_rows) = (
+            (hp.heads * hp.head_dim) as usize,
+            (hp.kv_heads * hp.head_dim) as usize,
+        );
         let hidden = hp.hidden as usize;
         let expected: Option<Vec<usize>> = match info.name.rsplit('.').nth(1) {
             Some("token_embd") | Some("output") => Some(vec![hp.vocab as usize, hidden]),
@@ -342,7 +349,10 @@ mod tests {
     fn unpermute_inverts_llama_cpp_permutation() {
         let (heads, rows, cols) = (3, 12, 2);
         let w: Vec<f32> = (0..rows * cols).map(|v| v as f32).collect();
-        assert_eq!(unpermute_rows(&permute(&w, heads, rows, cols), heads, rows, cols), w);
+        assert_eq!(
+            unpermute_rows(&permute(&w, heads, rows, cols), heads, rows, cols),
+            w
+        );
         // Row 1 of head 0 in GGUF order is HF row hd/2 = 2.
         let p = permute(&w, heads, rows, cols);
         assert_eq!(&p[cols..2 * cols], &w[2 * cols..3 * cols]);

@@ -115,7 +115,8 @@ pub fn import_gguf(
     } else {
         ProgressBar::hidden()
     };
-    if let Ok(style) = ProgressStyle::with_template("{msg} {wide_bar} {pos}/{len} tensors {elapsed}")
+    if let Ok(style) =
+        ProgressStyle::with_template("{msg} {wide_bar} {pos}/{len} tensors {elapsed}")
     {
         progress.set_style(style);
     }

@@ -167,7 +167,9 @@ impl GgufFile {
             if n_dims > 4 {
                 return Err(cursor.corrupt(&format!("tensor {name} has {n_dims} dimensions")));
             }
-            let dims = (0..n_dims).map(|_| cursor.u64()).collect::<Result<Vec<_>, _>>()?;
+            let dims = (0..n_dims)
+                .map(|_| cursor.u64())
+                .collect::<Result<Vec<_>, _>>()?;
             let type_id = cursor.u32()?;
             let offset = cursor.u64()?;
             raw.push((name, dims, type_id, offset));
@@ -185,14 +187,16 @@ impl GgufFile {
                 .iter()
                 .try_fold(1u64, |acc, &d| acc.checked_mul(d))
                 .ok_or_else(|| cursor.corrupt(&format!("tensor {name} is too large")))?;
-            let len = ggml_type.byte_len(n_elements).ok_or_else(|| GgufError::ShapeMismatch {
-                path: path.to_path_buf(),
-                tensor: name.clone(),
-                detail: format!(
-                    "{n_elements} elements is not a whole number of {} blocks",
-                    ggml_type.name()
-                ),
-            })?;
+            let len = ggml_type
+                .byte_len(n_elements)
+                .ok_or_else(|| GgufError::ShapeMismatch {
+                    path: path.to_path_buf(),
+                    tensor: name.clone(),
+                    detail: format!(
+                        "{n_elements} elements is not a whole number of {} blocks",
+                        ggml_type.name()
+                    ),
+                })?;
             let start = data_start.checked_add(offset);
             let end = start.and_then(|s| s.checked_add(len));
             match (start, end) {

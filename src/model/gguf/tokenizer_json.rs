@@ -70,13 +70,19 @@ fn pre_tokenizer(pre: &str, path: &std::path::Path) -> Result<PreTokenizerWrappe
 fn byte_level_spelling(text: &str) -> String {
     let mut pre = PreTokenizedString::from(text);
     // Without the regex and prefix space, ByteLevel only respells; it cannot fail.
-    if ByteLevel::new(false, false, false).pre_tokenize(&mut pre).is_err() {
+    if ByteLevel::new(false, false, false)
+        .pre_tokenize(&mut pre)
+        .is_err()
+    {
         return text.to_string();
     }
-    pre.get_splits(tokenizers::OffsetReferential::Original, tokenizers::OffsetType::Byte)
-        .into_iter()
-        .map(|(s, _, _)| s)
-        .collect()
+    pre.get_splits(
+        tokenizers::OffsetReferential::Original,
+        tokenizers::OffsetType::Byte,
+    )
+    .into_iter()
+    .map(|(s, _, _)| s)
+    .collect()
 }
 
 fn string_array(file: &GgufFile, key: &str) -> Result<Vec<String>, GgufError> {
@@ -145,7 +151,13 @@ pub fn build(file: &GgufFile, context_length: Option<u64>) -> Result<GgufTokeniz
         })
         .collect::<Result<Vec<_>, _>>()?;
     let bpe = BPE::builder()
-        .vocab_and_merges(vocab.iter().map(|(k, v)| (k.clone(), *v)).collect::<Vocab>(), merges)
+        .vocab_and_merges(
+            vocab
+                .iter()
+                .map(|(k, v)| (k.clone(), *v))
+                .collect::<Vocab>(),
+            merges,
+        )
         .build()
         .map_err(|e| tok_err(format!("BPE model: {e}")))?;
 
@@ -169,8 +181,12 @@ pub fn build(file: &GgufFile, context_length: Option<u64>) -> Result<GgufTokeniz
     let unk_id = id_of("tokenizer.ggml.unknown_token_id")?;
     let pad_id = id_of("tokenizer.ggml.padding_token_id")?;
     let text_of = |id: Option<u32>| id.map(|i| tokens[i as usize].clone());
-    let add_bos = file.opt_bool("tokenizer.ggml.add_bos_token").unwrap_or(false);
-    let add_eos = file.opt_bool("tokenizer.ggml.add_eos_token").unwrap_or(false);
+    let add_bos = file
+        .opt_bool("tokenizer.ggml.add_bos_token")
+        .unwrap_or(false);
+    let add_eos = file
+        .opt_bool("tokenizer.ggml.add_eos_token")
+        .unwrap_or(false);
 
     // A control token spelled outside the byte alphabet is a llama.cpp mislabel; transformers
     // skips it too, so the vocabulary keeps the size the model expects.
@@ -190,14 +206,15 @@ pub fn build(file: &GgufFile, context_length: Option<u64>) -> Result<GgufTokeniz
     tokenizer.add_special_tokens(&control);
     tokenizer.add_tokens(&user_defined);
 
-    let (single, pair, specials) = match (add_bos, bos_id, &text_of(bos_id), add_eos, &text_of(eos_id)) {
-        (true, Some(id), Some(bos), false, _) => (
-            format!("{bos} $A:0"),
-            format!("{bos} $A:0 {bos}:1 $B:1"),
-            vec![(bos.clone(), id)],
-        ),
-        _ => ("$A:0".to_string(), "$A:0 $B:1".to_string(), vec![]),
-    };
+    let (single, pair, specials) =
+        match (add_bos, bos_id, &text_of(bos_id), add_eos, &text_of(eos_id)) {
+            (true, Some(id), Some(bos), false, _) => (
+                format!("{bos} $A:0"),
+                format!("{bos} $A:0 {bos}:1 $B:1"),
+                vec![(bos.clone(), id)],
+            ),
+            _ => ("$A:0".to_string(), "$A:0 $B:1".to_string(), vec![]),
+        };
     let post = TemplateProcessing::builder()
         .try_single(single.as_str())
         .and_then(|b| b.try_pair(pair.as_str()))
