@@ -1,6 +1,123 @@
-#[derive(Debug, clap::Args)]
-pub struct Args {}
+//! `hindsight bench`: benchmarks that print a table (results are recorded in BENCHMARKS.md).
 
-pub fn run(_args: Args) -> anyhow::Result<()> {
-    anyhow::bail!("this subcommand is not built yet")
+use std::path::PathBuf;
+use std::time::Instant;
+
+use crate::engine::{
+    Backend, GenerateEvent, GenerateRequest, LocalEngine, SamplingParams, StopCriteria,
+};
+
+use super::model_args::ModelArgs;
+
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    #[command(subcommand)]
+    pub which: Which,
+}
+
+#[derive(Debug, clap::Subcommand)]
+pub enum Which {
+    /// Decode and prefill speed of the engine on CPU, side by side with HF transformers.
+    Engine(EngineArgs),
+}
+
+#[derive(Debug, clap::Args)]
+pub struct EngineArgs {
+    #[command(flatten)]
+    pub model: ModelArgs,
+    /// New tokens per sequence.
+    #[arg(long, default_value_t = 128)]
+    pub new_tokens: usize,
+    /// Sequences decoding together in the concurrent run.
+    #[arg(long, default_value_t = 8)]
+    pub concurrent: usize,
+    /// Python with transformers for the reference column; skipped when missing.
+    #[arg(long, env = "HINDSIGHT_PYTHON", default_value = ".venv/bin/python")]
+    pub python: PathBuf,
+    /// Skip the HF transformers reference run.
+    #[arg(long)]
+    pub no_reference: bool,
+}
+
+pub fn run(args: Args) -> anyhow::Result<()> {
+    match args.which {
+        Which::Engine(args) => super::bench_engine::run(args),
+    }
+}
+
+/// Peak resident memory of this process so far, in MiB (VmHWM).
+pub fn peak_rss_mib() -> f64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmHWM:"))
+                .and_then(|l| l.split_whitespace().nth(1).map(str::to_string))
+        })
+        .and_then(|kb| kb.parse::<f64>().ok())
+        .map_or(f64::NAN, |kb| kb / 1024.0)
+}
+
+/// Resets VmHWM so the next phase's peak is its own.
+pub fn reset_peak_rss() {
+    let _ = std::fs::write("/proc/self/clear_refs", "5");
+}
+
+/// Timing of one generation.
+#[derive(Debug, Clone, Copy)]
+pub struct Timing {
+    pub tokens: usize,
+    pub first_token_s: f64,
+    pub total_s: f64,
+}
+
+/// Submits greedy requests at once and waits for all; returns each one's timing.
+pub fn generate_timed(
+    engine: &LocalEngine,
+    prompts: &[Vec<u32>],
+    new_tokens: usize,
+) -> anyhow::Result<Vec<Timing>> {
+    let start = Instant::now();
+    let streams = prompts
+        .iter()
+        .map(|prompt| {
+            engine.submit(GenerateRequest {
+                request_id: "bench".into(),
+                prompt_tokens: prompt.clone(),
+                sampling: SamplingParams {
+                    temperature: 0.0,
+                    ..SamplingParams::default()
+                },
+                stop: StopCriteria {
+                    max_tokens: new_tokens,
+                    ignore_eos: true,
+                    ..StopCriteria::default()
+                },
+                top_logprobs: 0,
+                adapter: Default::default(),
+                priority: Default::default(),
+            })
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    let mut timings = Vec::new();
+    for mut stream in streams {
+        let mut first = None;
+        let mut tokens = 0;
+        while let Some(event) = stream.blocking_recv() {
+            match event {
+                GenerateEvent::Token(_) => {
+                    tokens += 1;
+                    first.get_or_insert_with(|| start.elapsed().as_secs_f64());
+                }
+                GenerateEvent::Finish(_) => break,
+                GenerateEvent::Error(err) => anyhow::bail!("generation failed: {err}"),
+            }
+        }
+        timings.push(Timing {
+            tokens,
+            first_token_s: first.unwrap_or(f64::NAN),
+            total_s: start.elapsed().as_secs_f64(),
+        });
+    }
+    Ok(timings)
 }

@@ -1,6 +1,8 @@
 //! Subcommands of the `hindsight` binary; each lives in its own file.
 pub mod bench;
+pub mod bench_engine;
 pub mod chat;
 pub mod export;
 pub mod import_gguf;
+pub mod model_args;
 pub mod serve;

@@ -1,6 +1,19 @@
-//! The in-process engine backed by the tch transformer.
+//! The in-process engine: the tch transformer on its serving thread, the tokenizer and chat
+//! template on the caller's side.
 
 use std::path::PathBuf;
+use std::sync::Arc;
+
+use tch::{Device, Kind};
+
+use super::detokenize::Decode;
+use super::handle::{EngineHandle, LoadedModel};
+use super::scheduler::StepModel;
+use super::types::*;
+use crate::model::chat_template::ChatTemplate;
+use crate::model::kv_cache::KvCache;
+use crate::model::tokenizer::TextTokenizer;
+use crate::model::transformer::Transformer;
 
 /// How to start the local engine.
 #[derive(Debug, Clone)]
@@ -21,11 +34,198 @@ pub struct EngineOptions {
     pub max_context: Option<usize>,
 }
 
-/// Handle to the serving thread. Implements [`super::Backend`].
-pub struct LocalEngine {}
+impl EngineOptions {
+    pub fn new(model_dir: PathBuf, model_name: impl Into<String>) -> Self {
+        Self {
+            model_dir,
+            model_name: model_name.into(),
+            dtype: "f32".into(),
+            device: "cpu".into(),
+            max_batch: 8,
+            queue_capacity: 256,
+            max_context: None,
+        }
+    }
+}
+
+/// Parses `cpu`, `cuda`, `cuda:N` or `auto`.
+pub fn parse_device(name: &str) -> anyhow::Result<Device> {
+    match name {
+        "cpu" => Ok(Device::Cpu),
+        "auto" => Ok(Device::cuda_if_available()),
+        "cuda" => Ok(Device::Cuda(0)),
+        other => match other.strip_prefix("cuda:").map(str::parse::<usize>) {
+            Some(Ok(n)) => Ok(Device::Cuda(n)),
+            _ => anyhow::bail!("unknown device {other:?}: expected cpu, cuda, cuda:N or auto"),
+        },
+    }
+    .and_then(|device| {
+        if device.is_cuda() && !tch::Cuda::is_available() {
+            anyhow::bail!("device {name:?} was asked for, but CUDA is not available here")
+        }
+        Ok(device)
+    })
+}
+
+/// Parses `f32` or `bf16`.
+pub fn parse_dtype(name: &str) -> anyhow::Result<Kind> {
+    match name {
+        "f32" | "float32" => Ok(Kind::Float),
+        "bf16" | "bfloat16" => Ok(Kind::BFloat16),
+        other => anyhow::bail!("unknown dtype {other:?}: expected f32 or bf16"),
+    }
+}
+
+/// The transformer and its KV cache as the scheduler drives them.
+pub struct TransformerRunner {
+    pub model: Transformer,
+    pub cache: KvCache,
+}
+
+impl StepModel for TransformerRunner {
+    fn max_slots(&self) -> usize {
+        self.cache.max_slots()
+    }
+    fn alloc_slot(&mut self) -> Option<usize> {
+        self.cache.alloc()
+    }
+    fn free_slot(&mut self, slot: usize) {
+        self.cache.free(slot)
+    }
+    fn prefill(
+        &mut self,
+        slot: usize,
+        tokens: &[u32],
+        use_adapter: bool,
+    ) -> Result<tch::Tensor, String> {
+        self.model
+            .prefill(&mut self.cache, slot, tokens, use_adapter)
+            .map_err(|e| e.to_string())
+    }
+    fn decode(
+        &mut self,
+        slots: &[usize],
+        tokens: &[u32],
+        use_adapter: &[bool],
+    ) -> Result<tch::Tensor, String> {
+        self.model
+            .decode(&mut self.cache, slots, tokens, use_adapter)
+            .map_err(|e| e.to_string())
+    }
+}
+
+struct TokenizerDecode(Arc<TextTokenizer>);
+
+impl Decode for TokenizerDecode {
+    fn decode(&self, tokens: &[u32]) -> String {
+        decode_or_log(&self.0, tokens)
+    }
+}
+
+/// Byte-level tokenizers decode any id list; an error here means a broken tokenizer file.
+fn decode_or_log(tokenizer: &TextTokenizer, tokens: &[u32]) -> String {
+    tokenizer.decode(tokens).unwrap_or_else(|err| {
+        tracing::error!(%err, "decoding failed");
+        String::new()
+    })
+}
+
+/// Handle to the serving thread. Implements [`Backend`].
+pub struct LocalEngine {
+    handle: EngineHandle,
+    tokenizer: Arc<TextTokenizer>,
+    template: ChatTemplate,
+    info: ModelInfo,
+}
 
 impl LocalEngine {
-    pub fn start(_options: EngineOptions) -> anyhow::Result<Self> {
-        anyhow::bail!("the local engine is not built yet")
+    /// Loads the model on a new serving thread; returns once it is ready to serve.
+    pub fn start(options: EngineOptions) -> anyhow::Result<Self> {
+        let device = parse_device(&options.device)?;
+        let kind = parse_dtype(&options.dtype)?;
+        let dir = options.model_dir.clone();
+        let tokenizer = Arc::new(TextTokenizer::from_dir(&dir)?);
+        let template = ChatTemplate::from_model_dir(&dir)?;
+        let eos_tokens = tokenizer.eos_token_ids();
+        let decoder: Arc<dyn Decode> = Arc::new(TokenizerDecode(Arc::clone(&tokenizer)));
+        let max_batch = options.max_batch.max(1);
+        let max_context = options.max_context;
+        let handle = EngineHandle::spawn(
+            move || {
+                let model = Transformer::load(&dir, device, kind)?;
+                let limit = model.config().max_position_embeddings;
+                let max_context = max_context.map_or(limit, |m| m.min(limit));
+                let cache = model.new_cache(max_batch, 256);
+                Ok(LoadedModel {
+                    model: TransformerRunner { model, cache },
+                    decoder,
+                    eos_tokens,
+                    max_context,
+                })
+            },
+            options.queue_capacity,
+        )?;
+        let info = ModelInfo {
+            id: options.model_name,
+            context_length: handle.max_context(),
+            created: chrono::Utc::now().timestamp(),
+        };
+        Ok(Self {
+            handle,
+            tokenizer,
+            template,
+            info,
+        })
+    }
+
+    pub fn handle(&self) -> &EngineHandle {
+        &self.handle
+    }
+
+    pub fn tokenizer(&self) -> &TextTokenizer {
+        &self.tokenizer
+    }
+}
+
+impl Backend for LocalEngine {
+    fn info(&self) -> &ModelInfo {
+        &self.info
+    }
+
+    fn chat_prompt(
+        &self,
+        messages: &[serde_json::Value],
+        tools: Option<&[serde_json::Value]>,
+    ) -> Result<Vec<u32>, PromptError> {
+        let text = self
+            .template
+            .render(messages, tools, true)
+            .map_err(|e| PromptError(e.to_string()))?;
+        self.tokenizer
+            .encode(&text)
+            .map_err(|e| PromptError(e.to_string()))
+    }
+
+    fn encode(&self, text: &str) -> Vec<u32> {
+        self.tokenizer.encode(text).unwrap_or_else(|err| {
+            tracing::error!(%err, "encoding failed");
+            Vec::new()
+        })
+    }
+
+    fn decode(&self, tokens: &[u32]) -> String {
+        decode_or_log(&self.tokenizer, tokens)
+    }
+
+    fn submit(&self, request: GenerateRequest) -> Result<EventStream, SubmitError> {
+        self.handle.submit(request)
+    }
+
+    fn load(&self) -> EngineLoad {
+        self.handle.load()
+    }
+
+    fn policy_version(&self) -> u64 {
+        self.handle.policy_version()
     }
 }
