@@ -235,7 +235,7 @@ impl Transformer {
             let ctx = StepContext {
                 cos: self.rope.cos.narrow(0, s, t).view([1, t, 1, hd]),
                 sin: self.rope.sin.narrow(0, s, t).view([1, t, 1, hd]),
-                mask,
+                mask: self.grouped_mask(mask),
                 adapter,
                 row_mask: None,
             };
@@ -329,7 +329,7 @@ impl Transformer {
                     .sin
                     .index_select(0, &positions)
                     .view([bi, 1, 1, hd]),
-                mask,
+                mask: self.grouped_mask(mask),
                 adapter,
                 row_mask,
             };

@@ -218,10 +218,15 @@ impl TrainableAdapter {
     /// A fresh adapter: A kaiming-uniform like PEFT (bound 1/sqrt(in)), B zeros.
     pub fn new(
         model_config: &ModelConfig,
-        config: LoraConfig,
+        mut config: LoraConfig,
         device: Device,
     ) -> Result<Self, ModelError> {
         config.validate()?;
+        // Canonical target order (as PEFT files are read back), without duplicates.
+        config.target_modules = LoraTarget::ALL
+            .into_iter()
+            .filter(|t| config.target_modules.contains(t))
+            .collect();
         let vs = nn::VarStore::new(device);
         let root = vs.root();
         let r = config.rank as i64;

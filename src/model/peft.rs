@@ -327,7 +327,16 @@ impl AdapterSnapshot {
                 data: tensor_to_vec(&t),
             });
         }
-        tensors.sort_by(|a, b| a.name.cmp(&b.name));
+        // The order `TrainableAdapter::snapshot` produces: by layer, target, then A before B.
+        tensors.sort_by_key(|t| {
+            let (layer, target, matrix) =
+                parse_peft_name(&t.name).unwrap_or((usize::MAX, LoraTarget::Down, 'B'));
+            (
+                layer,
+                LoraTarget::ALL.iter().position(|&a| a == target),
+                matrix,
+            )
+        });
         Ok(AdapterSnapshot {
             config: LoraConfig {
                 rank,
