@@ -119,7 +119,8 @@ impl GgmlType {
     /// Bytes for `n` elements, or None when `n` is not a whole number of blocks.
     pub fn byte_len(self, n: u64) -> Option<u64> {
         let (elems, bytes) = self.block();
-        n.is_multiple_of(elems as u64).then(|| n / elems as u64 * bytes as u64)
+        n.is_multiple_of(elems as u64)
+            .then(|| n / elems as u64 * bytes as u64)
     }
 }
 
