@@ -95,14 +95,27 @@ fn import_matches_transformers_gguf_loader() {
     let multi = out.path().join("multi");
     let cli = import(&multi_in, &multi);
     assert!(
+        String::from_utf8_lossy(&cli.stdout).contains("12 tensors"),
+        "{}",
+        String::from_utf8_lossy(&cli.stdout)
+    );
+    assert!(
         cli.status.success(),
         "{}",
         String::from_utf8_lossy(&cli.stderr)
     );
 
+    let mut pairs = vec![gguf.clone(), smol.clone(), multi_in, multi.clone()];
+    for arch in ["qwen2", "qwen3"] {
+        let input = crafted().join(format!("{arch}.gguf"));
+        let dir = out.path().join(arch);
+        import_gguf(&input, &dir, &options).expect(arch);
+        pairs.extend([input, dir]);
+    }
+
     let result = Command::new(python())
         .arg(reference("gguf_model.py"))
-        .args([&gguf, &smol, &multi_in, &multi])
+        .args(&pairs)
         .output()
         .expect("run python");
     assert!(
@@ -112,7 +125,14 @@ fn import_matches_transformers_gguf_loader() {
     );
     let reports: Vec<serde_json::Value> =
         serde_json::from_slice(&result.stdout).expect("JSON from gguf_model.py");
-    for (report, (name, tensors)) in reports.iter().zip([("default", 272), ("multi_quant", 12)]) {
+    let expected = [
+        ("default", 272),
+        ("multi_quant", 12),
+        ("qwen2", 15),
+        ("qwen3", 14),
+    ];
+    assert_eq!(reports.len(), expected.len());
+    for (report, (name, tensors)) in reports.iter().zip(expected) {
         assert_eq!(
             report["missing_in_ours"],
             serde_json::json!([]),
@@ -152,6 +172,11 @@ fn import_matches_transformers_gguf_loader() {
     let multi_config: serde_json::Value =
         serde_json::from_slice(&std::fs::read(multi.join("config.json")).unwrap()).unwrap();
     assert_eq!(multi_config["tie_word_embeddings"], false);
+    let qwen3_config: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(out.path().join("qwen3/config.json")).unwrap())
+            .unwrap();
+    assert_eq!(qwen3_config["architectures"][0], "Qwen3ForCausalLM");
+    assert_eq!(qwen3_config["head_dim"], 128);
 }
 
 #[test]

@@ -1,5 +1,6 @@
 //! Tokenizer and chat templates against transformers: SmolLM2 from its GGUF (imported by us,
-//! loaded by transformers from the same GGUF) and the real Qwen3 tokenizer with tools.
+//! loaded by transformers from the same GGUF), the real Qwen3 tokenizer with tools, and a GGUF
+//! carrying the Qwen3 tokenizer (the `qwen2` pre-tokenizer, control and user-defined tokens).
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -22,6 +23,7 @@ fn qwen3_dir() -> PathBuf {
 }
 
 const TEXTS: &[&str] = &[
+    "<think>\nmaybe</think> <tool_call>{\"a\": 1}</tool_call>",
     "12345 + 678",
     "3.14159 × 2 = 6.28318; 1,000,000 items",
     "Héllo wörld, café naïve résumé Ångström",
@@ -102,6 +104,20 @@ fn tokenizer_and_templates_match_transformers() {
         progress: false,
     };
     import_gguf(&gguf, &smol_dir, &options).expect("import");
+    let made = Command::new(python())
+        .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/reference/make_test_ggufs.py"))
+        .arg(tmp.path())
+        .arg(qwen3_dir())
+        .output()
+        .expect("run python");
+    assert!(
+        made.status.success(),
+        "{}",
+        String::from_utf8_lossy(&made.stderr)
+    );
+    let qwen3_gguf = tmp.path().join("qwen3_tokenizer.gguf");
+    let qwen3_gguf_dir = tmp.path().join("qwen3_from_gguf");
+    import_gguf(&qwen3_gguf, &qwen3_gguf_dir, &options).expect("import qwen3 tokenizer GGUF");
     let toks = [
         (
             "smol",
@@ -110,6 +126,10 @@ fn tokenizer_and_templates_match_transformers() {
         (
             "qwen3",
             TextTokenizer::from_dir(&qwen3_dir()).expect("qwen3 tokenizer"),
+        ),
+        (
+            "qwen3gguf",
+            TextTokenizer::from_dir(&qwen3_gguf_dir).expect("qwen3 GGUF tokenizer"),
         ),
     ];
     let templates = [
@@ -120,6 +140,10 @@ fn tokenizer_and_templates_match_transformers() {
         (
             "qwen3",
             ChatTemplate::from_model_dir(&qwen3_dir()).expect("qwen3 template"),
+        ),
+        (
+            "qwen3gguf",
+            ChatTemplate::from_model_dir(&qwen3_gguf_dir).expect("qwen3 GGUF template"),
         ),
     ];
 
@@ -138,9 +162,13 @@ fn tokenizer_and_templates_match_transformers() {
         }
     }
     for conversation in qwen3_tool_conversations() {
-        for extra in [json!({}), json!({"enable_thinking": false})] {
+        for (tok, extra) in [
+            ("qwen3", json!({})),
+            ("qwen3", json!({"enable_thinking": false})),
+            ("qwen3gguf", json!({})),
+        ] {
             cases.push(Case {
-                tok: "qwen3",
+                tok,
                 conversation: conversation.clone(),
                 tools: Some(weather_tools()),
                 add_generation_prompt: true,
@@ -181,6 +209,7 @@ fn tokenizer_and_templates_match_transformers() {
         "tokenizers": {
             "smol": {"dir": gguf.parent().unwrap(), "gguf_file": gguf.file_name().unwrap().to_str()},
             "qwen3": {"dir": qwen3_dir()},
+            "qwen3gguf": {"dir": tmp.path(), "gguf_file": "qwen3_tokenizer.gguf"},
         },
         "encode": encode_req, "decode": decode_req, "render": render_req,
     });

@@ -125,7 +125,12 @@ impl Hparams {
             "torch_dtype": "float32",
             "use_cache": true,
         });
-        if self.arch != Arch::Qwen2 {
+        if self.arch == Arch::Qwen2 {
+            // Qwen2 always has q/k/v biases and derives head_dim from hidden / heads.
+            if let Some(map) = config.as_object_mut() {
+                map.remove("head_dim");
+            }
+        } else {
             config["attention_bias"] = json!(false);
         }
         if self.arch == Arch::Llama {
