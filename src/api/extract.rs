@@ -54,7 +54,12 @@ pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
             ));
         }
         let message = strip_position(&inner.to_string());
-        match missing_field(&message).or((path != ".").then_some(path)) {
+        let param = match missing_field(&message) {
+            Some(field) if path != "." => Some(format!("{path}.{field}")),
+            Some(field) => Some(field),
+            None => (path != ".").then_some(path),
+        };
+        match param {
             Some(param) => {
                 ApiError::invalid_param(param.clone(), format!("Invalid '{param}': {message}."))
             }
@@ -117,6 +122,8 @@ mod tests {
         assert_eq!(err.param.as_deref(), Some("nested[1].n"));
         let err = parse_json::<Sample>(br#"{"temperature":1}"#).unwrap_err();
         assert_eq!(err.param.as_deref(), Some("model"));
+        let err = parse_json::<Sample>(br#"{"model":"m","nested":[{}]}"#).unwrap_err();
+        assert_eq!(err.param.as_deref(), Some("nested[0].n"));
     }
 
     #[test]

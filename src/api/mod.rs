@@ -15,6 +15,7 @@ pub mod generation;
 pub mod metrics;
 pub mod models;
 pub mod openapi;
+pub mod server;
 pub mod shutdown;
 pub mod testing;
 pub mod tool_parse;
