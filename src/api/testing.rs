@@ -150,28 +150,31 @@ impl FakeBackend {
         match &self.config.reply {
             FakeReply::Fixed(text) => text.clone(),
             FakeReply::Script(script) => script(request, &prompt),
-            FakeReply::EchoOrSeeded if request.sampling.temperature == 0.0 => {
-                let last_user = prompt
-                    .rsplit("<|user|>")
-                    .next()
-                    .and_then(|tail| tail.split("\n<|").next())
-                    .unwrap_or(&prompt)
-                    .trim_end();
-                format!("You said: {last_user}")
-            }
-            FakeReply::EchoOrSeeded => {
-                let mut rng = match request.sampling.seed {
-                    Some(seed) => rand_chacha::ChaCha8Rng::seed_from_u64(seed),
-                    None => rand_chacha::ChaCha8Rng::seed_from_u64(rand::random()),
-                };
-                let count = rng.random_range(8..24);
-                let words: Vec<&str> = (0..count)
-                    .map(|_| WORDS[rng.random_range(0..WORDS.len())])
-                    .collect();
-                words.join(" ") + "."
-            }
+            FakeReply::EchoOrSeeded => echo_or_seeded(request, &prompt),
         }
     }
+}
+
+/// The default reply: greedy echoes the last user message, sampling draws seeded words.
+pub fn echo_or_seeded(request: &GenerateRequest, prompt: &str) -> String {
+    if request.sampling.temperature == 0.0 {
+        let last_user = prompt
+            .rsplit("<|user|>")
+            .next()
+            .and_then(|tail| tail.split("\n<|").next())
+            .unwrap_or(prompt)
+            .trim_end();
+        return format!("You said: {last_user}");
+    }
+    let mut rng = match request.sampling.seed {
+        Some(seed) => rand_chacha::ChaCha8Rng::seed_from_u64(seed),
+        None => rand_chacha::ChaCha8Rng::seed_from_u64(rand::random()),
+    };
+    let count = rng.random_range(8..24);
+    let words: Vec<&str> = (0..count)
+        .map(|_| WORDS[rng.random_range(0..WORDS.len())])
+        .collect();
+    words.join(" ") + "."
 }
 
 /// Decrements the in-flight count however the generation task ends.
