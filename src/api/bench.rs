@@ -114,7 +114,7 @@ pub async fn proxy_overhead(
     let router = app(AppState::new(backend.clone(), Arc::new(DiscardTurns)));
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let server = tokio::spawn(async move {
-        axum::serve(listener, router)
+        axum::serve(super::server::without_nagle(listener), router)
             .with_graceful_shutdown(async move {
                 let _ = stop_rx.await;
             })

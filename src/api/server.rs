@@ -2,6 +2,7 @@
 
 use std::future::Future;
 
+use axum::serve::ListenerExt;
 use axum::Router;
 use tokio::net::TcpListener;
 
@@ -17,12 +18,24 @@ pub async fn serve(
     hooks: ShutdownHooks,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    axum::serve(listener, router)
+    axum::serve(without_nagle(listener), router)
         .with_graceful_shutdown(shutdown)
         .await?;
     tracing::info!("all requests finished; running shutdown hooks");
     hooks.run(SHUTDOWN_HOOK_TIMEOUT).await;
     Ok(())
+}
+
+/// Token-sized SSE writes must leave at once: with Nagle's algorithm on, each small write
+/// waits for the client's delayed ACK (~40 ms) and time to first token suffers.
+pub fn without_nagle(
+    listener: TcpListener,
+) -> axum::serve::TapIo<TcpListener, impl FnMut(&mut tokio::net::TcpStream) + Send + 'static> {
+    listener.tap_io(|stream| {
+        if let Err(err) = stream.set_nodelay(true) {
+            tracing::debug!(error = %err, "cannot set TCP_NODELAY");
+        }
+    })
 }
 
 /// Resolves on SIGINT (Ctrl-C) or SIGTERM.
