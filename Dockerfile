@@ -7,11 +7,7 @@ RUN python3 -m venv /opt/torch && /opt/torch/bin/pip install --no-cache-dir \
       --index-url https://download.pytorch.org/whl/cpu torch
 ENV LIBTORCH_USE_PYTORCH=1 PATH=/opt/torch/bin:$PATH
 WORKDIR /src
-COPY Cargo.toml Cargo.lock ./
-COPY src ./src
-COPY migrations ./migrations
-COPY examples ./examples
-COPY tests ./tests
+COPY . .
 RUN cargo build --release --bin hindsight \
  && mkdir -p /out/lib \
  && cp target/release/hindsight /out/ \
@@ -29,5 +25,5 @@ ENV LD_LIBRARY_PATH=/usr/local/lib/hindsight \
 USER hindsight
 VOLUME /data
 EXPOSE 8080
-HEALTHCHECK --interval=30s --timeout=3s CMD ["/bin/sh", "-c", "exec 3<>/dev/tcp/127.0.0.1/8080 && printf 'GET /healthz HTTP/1.0\\r\\n\\r\\n' >&3 && grep -q ok <&3"]
+HEALTHCHECK --interval=30s --timeout=3s CMD ["bash", "-c", "exec 3<>/dev/tcp/127.0.0.1/8080 && printf 'GET /healthz HTTP/1.0\\r\\n\\r\\n' >&3 && grep -q ok <&3"]
 ENTRYPOINT ["hindsight", "serve"]

@@ -30,7 +30,10 @@ async fn non_streaming_response_has_openai_shape() {
     assert_eq!(choice["logprobs"], Value::Null);
     let expected_prompt = "<|user|>hello there\n<|assistant|>".len();
     assert_eq!(body["usage"]["prompt_tokens"], expected_prompt);
-    assert_eq!(body["usage"]["completion_tokens"], "You said: hello there".len());
+    assert_eq!(
+        body["usage"]["completion_tokens"],
+        "You said: hello there".len()
+    );
     assert_eq!(
         body["usage"]["total_tokens"],
         expected_prompt + "You said: hello there".len()
@@ -71,7 +74,11 @@ async fn request_fields_reach_the_engine_converted() {
     );
     assert_eq!(prompt.tools, None);
     assert!(!String::from_utf8_lossy(
-        &request.prompt_tokens.iter().map(|&t| t as u8).collect::<Vec<_>>()
+        &request
+            .prompt_tokens
+            .iter()
+            .map(|&t| t as u8)
+            .collect::<Vec<_>>()
     )
     .contains("sess-body"));
     assert_eq!(reply.json()["choices"][0]["finish_reason"], "length");
@@ -94,14 +101,30 @@ async fn n_choices_use_consecutive_seeds_and_replay() {
     let app = test_app();
     let body = json!({"model": "fake-model", "messages": [{"role": "user", "content": "story"}],
                       "n": 3, "seed": 7, "temperature": 0.8});
-    let first = post(&app.router, "/v1/chat/completions", body.clone()).await.json();
-    let seeds: Vec<_> = app.backend.requests().iter().map(|r| r.sampling.seed).collect();
+    let first = post(&app.router, "/v1/chat/completions", body.clone())
+        .await
+        .json();
+    let seeds: Vec<_> = app
+        .backend
+        .requests()
+        .iter()
+        .map(|r| r.sampling.seed)
+        .collect();
     assert_eq!(seeds, [Some(7), Some(8), Some(9)]);
-    let texts: Vec<&str> = first["choices"].as_array().unwrap().iter()
-        .map(|c| c["message"]["content"].as_str().unwrap()).collect();
+    let texts: Vec<&str> = first["choices"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["message"]["content"].as_str().unwrap())
+        .collect();
     assert_eq!(texts.len(), 3);
     assert_ne!(texts[0], texts[1]);
-    let indexes: Vec<_> = first["choices"].as_array().unwrap().iter().map(|c| c["index"].clone()).collect();
+    let indexes: Vec<_> = first["choices"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["index"].clone())
+        .collect();
     assert_eq!(indexes, [json!(0), json!(1), json!(2)]);
     let again = post(&app.router, "/v1/chat/completions", body).await.json();
     assert_eq!(first["choices"], again["choices"]);
@@ -113,7 +136,10 @@ async fn n_choices_use_consecutive_seeds_and_replay() {
 #[tokio::test]
 async fn logprobs_have_openai_shape() {
     let app = test_app_with(
-        FakeConfig { reply: FakeReply::Fixed("héllo".into()), ..FakeConfig::default() },
+        FakeConfig {
+            reply: FakeReply::Fixed("héllo".into()),
+            ..FakeConfig::default()
+        },
         &[],
         1 << 20,
     );
@@ -121,8 +147,15 @@ async fn logprobs_have_openai_shape() {
     body["logprobs"] = json!(true);
     body["top_logprobs"] = json!(2);
     let reply = post(&app.router, "/v1/chat/completions", body).await.json();
-    let content = reply["choices"][0]["logprobs"]["content"].as_array().unwrap().clone();
-    assert_eq!(content.len(), "héllo".len(), "one entry per token (bytes here)");
+    let content = reply["choices"][0]["logprobs"]["content"]
+        .as_array()
+        .unwrap()
+        .clone();
+    assert_eq!(
+        content.len(),
+        "héllo".len(),
+        "one entry per token (bytes here)"
+    );
     assert_eq!(content[0]["token"], "h");
     assert_eq!(content[0]["bytes"], json!([104]));
     assert!(content[0]["logprob"].as_f64().unwrap() < 0.0);
@@ -132,7 +165,10 @@ async fn logprobs_have_openai_shape() {
     assert_eq!(content[1]["token"], "");
     assert_eq!(content[2]["token"], "é");
     assert_eq!(content[2]["bytes"], json!([195, 169]));
-    let joined: String = content.iter().map(|c| c["token"].as_str().unwrap()).collect();
+    let joined: String = content
+        .iter()
+        .map(|c| c["token"].as_str().unwrap())
+        .collect();
     assert_eq!(joined, "héllo");
     assert_eq!(app.backend.requests()[0].top_logprobs, 2);
 }
@@ -155,40 +191,70 @@ const QWEN_TWO_CALLS: &str = "<tool_call>\n{\"name\": \"get_weather\", \"argumen
 async fn qwen_and_llama_tool_calls_come_back_as_tool_calls() {
     for (output, names) in [
         (QWEN_TWO_CALLS, vec!["get_weather", "get_time"]),
-        ("{\"name\": \"get_weather\", \"parameters\": {\"city\": \"Paris\"}}", vec!["get_weather"]),
-        ("<|python_tag|>{\"name\": \"get_weather\", \"parameters\": {\"city\": \"Paris\"}}", vec!["get_weather"]),
+        (
+            "{\"name\": \"get_weather\", \"parameters\": {\"city\": \"Paris\"}}",
+            vec!["get_weather"],
+        ),
+        (
+            "<|python_tag|>{\"name\": \"get_weather\", \"parameters\": {\"city\": \"Paris\"}}",
+            vec!["get_weather"],
+        ),
     ] {
         let app = test_app_with(
-            FakeConfig { reply: FakeReply::Fixed(output.into()), ..FakeConfig::default() },
+            FakeConfig {
+                reply: FakeReply::Fixed(output.into()),
+                ..FakeConfig::default()
+            },
             &[],
             1 << 20,
         );
-        let reply = post(&app.router, "/v1/chat/completions", tool_request()).await.json();
+        let reply = post(&app.router, "/v1/chat/completions", tool_request())
+            .await
+            .json();
         let choice = &reply["choices"][0];
         assert_eq!(choice["finish_reason"], "tool_calls", "{output}");
         assert_eq!(choice["message"]["content"], Value::Null);
         let calls = choice["message"]["tool_calls"].as_array().unwrap();
-        let got: Vec<&str> = calls.iter().map(|c| c["function"]["name"].as_str().unwrap()).collect();
+        let got: Vec<&str> = calls
+            .iter()
+            .map(|c| c["function"]["name"].as_str().unwrap())
+            .collect();
         assert_eq!(got, names);
         assert!(calls[0]["id"].as_str().unwrap().starts_with("call_"));
         assert_eq!(calls[0]["type"], "function");
-        let args: Value = serde_json::from_str(calls[0]["function"]["arguments"].as_str().unwrap()).unwrap();
+        let args: Value =
+            serde_json::from_str(calls[0]["function"]["arguments"].as_str().unwrap()).unwrap();
         assert_eq!(args, json!({"city": "Paris"}));
         // The template saw the tools; the store gets the raw text and the parsed calls.
         let prompt = &app.backend.prompts()[0];
         assert_eq!(prompt.tools.as_ref().unwrap().len(), 2);
-        assert_eq!(prompt.tools.as_ref().unwrap()[0]["function"]["name"], "get_weather");
+        assert_eq!(
+            prompt.tools.as_ref().unwrap()[0]["function"]["name"],
+            "get_weather"
+        );
         let turn = &app.sink.turns()[0];
         assert_eq!(turn.choices[0].text, output);
         assert_eq!(turn.choices[0].finish_reason, "tool_calls");
-        assert_eq!(turn.choices[0].tool_calls.as_ref().unwrap().as_array().unwrap().len(), names.len());
+        assert_eq!(
+            turn.choices[0]
+                .tool_calls
+                .as_ref()
+                .unwrap()
+                .as_array()
+                .unwrap()
+                .len(),
+            names.len()
+        );
     }
 }
 
 #[tokio::test]
 async fn tool_choice_none_hides_tools_and_keeps_text() {
     let app = test_app_with(
-        FakeConfig { reply: FakeReply::Fixed(QWEN_TWO_CALLS.into()), ..FakeConfig::default() },
+        FakeConfig {
+            reply: FakeReply::Fixed(QWEN_TWO_CALLS.into()),
+            ..FakeConfig::default()
+        },
         &[],
         1 << 20,
     );
@@ -203,7 +269,10 @@ async fn tool_choice_none_hides_tools_and_keeps_text() {
 #[tokio::test]
 async fn parallel_tool_calls_false_keeps_the_first_and_named_choice_instructs() {
     let app = test_app_with(
-        FakeConfig { reply: FakeReply::Fixed(QWEN_TWO_CALLS.into()), ..FakeConfig::default() },
+        FakeConfig {
+            reply: FakeReply::Fixed(QWEN_TWO_CALLS.into()),
+            ..FakeConfig::default()
+        },
         &[],
         1 << 20,
     );
@@ -211,12 +280,17 @@ async fn parallel_tool_calls_false_keeps_the_first_and_named_choice_instructs() 
     body["parallel_tool_calls"] = json!(false);
     body["tool_choice"] = json!({"type": "function", "function": {"name": "get_time"}});
     let reply = post(&app.router, "/v1/chat/completions", body).await.json();
-    let calls = reply["choices"][0]["message"]["tool_calls"].as_array().unwrap();
+    let calls = reply["choices"][0]["message"]["tool_calls"]
+        .as_array()
+        .unwrap();
     assert_eq!(calls.len(), 1);
     assert_eq!(calls[0]["function"]["name"], "get_weather");
     let messages = &app.backend.prompts()[0].messages;
     assert_eq!(messages[0]["role"], "system");
-    assert!(messages[0]["content"].as_str().unwrap().contains("get_time"));
+    assert!(messages[0]["content"]
+        .as_str()
+        .unwrap()
+        .contains("get_time"));
 }
 
 #[tokio::test]
@@ -233,11 +307,26 @@ async fn assistant_tool_calls_and_tool_results_reach_the_template() {
     assert_eq!(reply.status.as_u16(), 200, "{}", reply.text);
     let messages = &app.backend.prompts()[0].messages;
     assert_eq!(messages.len(), 4);
-    assert!(messages[0]["content"].as_str().unwrap().starts_with("You help.\n\n"));
-    assert!(messages[0]["content"].as_str().unwrap().contains("JSON object"));
-    assert_eq!(messages[2]["tool_calls"][0]["function"]["name"], "get_weather");
-    assert_eq!(messages[2]["tool_calls"][0]["function"]["arguments"], "{\"city\":\"Paris\"}");
-    assert_eq!(messages[3], json!({"role": "tool", "tool_call_id": "call_1", "content": "sunny"}));
+    assert!(messages[0]["content"]
+        .as_str()
+        .unwrap()
+        .starts_with("You help.\n\n"));
+    assert!(messages[0]["content"]
+        .as_str()
+        .unwrap()
+        .contains("JSON object"));
+    assert_eq!(
+        messages[2]["tool_calls"][0]["function"]["name"],
+        "get_weather"
+    );
+    assert_eq!(
+        messages[2]["tool_calls"][0]["function"]["arguments"],
+        "{\"city\":\"Paris\"}"
+    );
+    assert_eq!(
+        messages[3],
+        json!({"role": "tool", "tool_call_id": "call_1", "content": "sunny"})
+    );
 }
 
 #[tokio::test]
@@ -249,7 +338,11 @@ async fn session_headers_and_turn_record() {
         &app.router,
         "/v1/chat/completions",
         body.to_string(),
-        &[("x-session-id", "from-header"), ("x-turn-type", "side"), ("x-session-done", "true")],
+        &[
+            ("x-session-id", "from-header"),
+            ("x-turn-type", "side"),
+            ("x-session-done", "true"),
+        ],
     )
     .await;
     assert_eq!(reply.status.as_u16(), 200, "{}", reply.text);
@@ -262,9 +355,15 @@ async fn session_headers_and_turn_record() {
     assert_eq!(turn.api_key_id, None);
     assert_eq!(turn.endpoint, "chat");
     assert_eq!(turn.model, "fake-model");
-    assert_eq!(turn.messages, json!([{"role": "user", "content": "remember me"}]));
+    assert_eq!(
+        turn.messages,
+        json!([{"role": "user", "content": "remember me"}])
+    );
     assert_eq!(turn.policy_version, 3);
-    assert_eq!(turn.prompt_token_ids, app.backend.requests()[0].prompt_tokens);
+    assert_eq!(
+        turn.prompt_token_ids,
+        app.backend.requests()[0].prompt_tokens
+    );
     assert_eq!(turn.choices[0].text, "You said: remember me");
     assert_eq!(turn.choices[0].token_ids.len(), turn.completion_tokens);
     assert_eq!(turn.choices[0].logprobs.len(), turn.completion_tokens);
@@ -275,7 +374,9 @@ async fn session_headers_and_turn_record() {
 async fn legacy_completions() {
     let app = test_app_with(
         FakeConfig {
-            reply: FakeReply::Script(Arc::new(|_, prompt| format!("[{prompt}] and more text END tail"))),
+            reply: FakeReply::Script(Arc::new(|_, prompt| {
+                format!("[{prompt}] and more text END tail")
+            })),
             ..FakeConfig::default()
         },
         &[],
@@ -291,13 +392,24 @@ async fn legacy_completions() {
     assert_eq!(choice["text"], "[Once] and more text ");
     assert_eq!(choice["finish_reason"], "stop");
     let logprobs = &choice["logprobs"];
-    assert_eq!(logprobs["tokens"].as_array().unwrap().len(), "[Once] and more text ".len());
+    assert_eq!(
+        logprobs["tokens"].as_array().unwrap().len(),
+        "[Once] and more text ".len()
+    );
     assert_eq!(logprobs["text_offset"][3], 3);
     assert_eq!(logprobs["top_logprobs"][0].as_object().unwrap().len(), 1);
-    assert_eq!(app.backend.requests()[0].prompt_tokens, b"Once".iter().map(|&b| u32::from(b)).collect::<Vec<_>>());
+    assert_eq!(
+        app.backend.requests()[0].prompt_tokens,
+        b"Once".iter().map(|&b| u32::from(b)).collect::<Vec<_>>()
+    );
     // Default max_tokens is 16; token-id prompts and echo.
-    let reply = post(&app.router, "/v1/completions",
-        json!({"model": "fake-model", "prompt": [79, 110], "echo": true})).await.json();
+    let reply = post(
+        &app.router,
+        "/v1/completions",
+        json!({"model": "fake-model", "prompt": [79, 110], "echo": true}),
+    )
+    .await
+    .json();
     assert_eq!(reply["choices"][0]["text"], "On[On] and more te");
     assert_eq!(reply["choices"][0]["finish_reason"], "length");
     let turn = &app.sink.turns()[1];

@@ -30,7 +30,10 @@ async fn out_of_range_and_wrong_typed_fields_name_the_param() {
         (with("n", json!(-1)), "n"),
         (with("n", json!(1.5)), "n"),
         (with("max_tokens", json!(0)), "max_tokens"),
-        (with("max_completion_tokens", json!(0)), "max_completion_tokens"),
+        (
+            with("max_completion_tokens", json!(0)),
+            "max_completion_tokens",
+        ),
         (with("max_tokens", json!("many")), "max_tokens"),
         (with("presence_penalty", json!(-2.5)), "presence_penalty"),
         (with("frequency_penalty", json!(3)), "frequency_penalty"),
@@ -39,35 +42,80 @@ async fn out_of_range_and_wrong_typed_fields_name_the_param() {
         (with("stop", json!([""])), "stop"),
         (with("stop", json!(["ok", 1])), "stop"),
         (with("seed", json!("abc")), "seed"),
-        (with("logprobs", json!(true)).merged("top_logprobs", json!(21)), "top_logprobs"),
+        (
+            with("logprobs", json!(true)).merged("top_logprobs", json!(21)),
+            "top_logprobs",
+        ),
         (with("top_logprobs", json!(3)), "top_logprobs"),
         (with("stream", json!("yes")), "stream"),
-        (with("stream_options", json!({"include_usage": true})), "stream_options"),
+        (
+            with("stream_options", json!({"include_usage": true})),
+            "stream_options",
+        ),
         (with("messages", json!([])), "messages"),
         (with("messages", json!("hello")), "messages"),
-        (with("messages", json!([{"content": "no role"}])), "messages[0].role"),
-        (with("messages", json!([{"role": "wizard", "content": "x"}])), "messages[0].role"),
-        (with("messages", json!([{"role": "user", "content": 5}])), "messages[0].content"),
         (
-            with("messages", json!([{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "http://x/y.png"}}]}])),
+            with("messages", json!([{"content": "no role"}])),
+            "messages[0].role",
+        ),
+        (
+            with("messages", json!([{"role": "wizard", "content": "x"}])),
+            "messages[0].role",
+        ),
+        (
+            with("messages", json!([{"role": "user", "content": 5}])),
+            "messages[0].content",
+        ),
+        (
+            with(
+                "messages",
+                json!([{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "http://x/y.png"}}]}]),
+            ),
             "messages[0].content[0].type",
         ),
         (
-            with("messages", json!([{"role": "user", "content": "a"}, {"role": "tool", "content": "42"}])),
+            with(
+                "messages",
+                json!([{"role": "user", "content": "a"}, {"role": "tool", "content": "42"}]),
+            ),
             "messages[1].tool_call_id",
         ),
-        (with("messages", json!([{"role": "assistant"}])), "messages[0].content"),
-        (with("tools", json!([{"type": "retrieval", "function": {"name": "f"}}])), "tools[0].type"),
-        (with("tools", json!([{"type": "function"}])), "tools[0].function"),
+        (
+            with("messages", json!([{"role": "assistant"}])),
+            "messages[0].content",
+        ),
+        (
+            with(
+                "tools",
+                json!([{"type": "retrieval", "function": {"name": "f"}}]),
+            ),
+            "tools[0].type",
+        ),
+        (
+            with("tools", json!([{"type": "function"}])),
+            "tools[0].function",
+        ),
         (with("tool_choice", json!("required")), "tool_choice"),
         (with("tool_choice", json!("sometimes")), "tool_choice"),
         (
-            with("tools", json!([{"type": "function", "function": {"name": "f"}}]))
-                .merged("tool_choice", json!({"type": "function", "function": {"name": "g"}})),
+            with(
+                "tools",
+                json!([{"type": "function", "function": {"name": "f"}}]),
+            )
+            .merged(
+                "tool_choice",
+                json!({"type": "function", "function": {"name": "g"}}),
+            ),
             "tool_choice",
         ),
-        (with("response_format", json!({"type": "xml"})), "response_format.type"),
-        (json!({"messages": [{"role": "user", "content": "hi"}]}), "model"),
+        (
+            with("response_format", json!({"type": "xml"})),
+            "response_format.type",
+        ),
+        (
+            json!({"messages": [{"role": "user", "content": "hi"}]}),
+            "model",
+        ),
     ];
     for (body, param) in cases {
         let reply = post(&app.router, "/v1/chat/completions", body.clone()).await;
@@ -76,7 +124,10 @@ async fn out_of_range_and_wrong_typed_fields_name_the_param() {
         assert_eq!(error["type"], INVALID, "{body} → {}", reply.text);
         assert_eq!(error["param"], param, "{body} → {}", reply.text);
     }
-    assert!(app.backend.requests().is_empty(), "nothing invalid reached the engine");
+    assert!(
+        app.backend.requests().is_empty(),
+        "nothing invalid reached the engine"
+    );
     assert_still_serving(&app.router).await;
 }
 
@@ -99,15 +150,29 @@ async fn image_parts_are_refused_with_a_clear_message() {
         json!([{"role": "user", "content": [{"type": "text", "text": "what is this?"}, {"type": "image_url", "image_url": {"url": "data:image/png;base64,AAAA"}}]}]),
     );
     let reply = post(&app.router, "/v1/chat/completions", body).await;
-    reply.assert_error(400, INVALID, Some("invalid_value"), Some("messages[0].content[1].type"));
-    assert!(reply.json()["error"]["message"].as_str().unwrap().contains("text only"));
+    reply.assert_error(
+        400,
+        INVALID,
+        Some("invalid_value"),
+        Some("messages[0].content[1].type"),
+    );
+    assert!(reply.json()["error"]["message"]
+        .as_str()
+        .unwrap()
+        .contains("text only"));
     assert_still_serving(&app.router).await;
 }
 
 #[tokio::test]
 async fn malformed_json_and_non_object_bodies() {
     let app = test_app();
-    for body in ["{\"model\": ", "not json", "[1,2]", "", "{\"model\":\"fake-model\"} extra"] {
+    for body in [
+        "{\"model\": ",
+        "not json",
+        "[1,2]",
+        "",
+        "{\"model\":\"fake-model\"} extra",
+    ] {
         let reply = post_raw(&app.router, "/v1/chat/completions", body.into(), &[]).await;
         assert_eq!(reply.status.as_u16(), 400, "{body:?} → {}", reply.text);
         assert_eq!(reply.json()["error"]["type"], INVALID);
@@ -120,9 +185,19 @@ async fn malformed_json_and_non_object_bodies() {
 #[tokio::test]
 async fn unknown_model_route_and_method() {
     let app = test_app();
-    let reply = post(&app.router, "/v1/chat/completions", with("model", json!("gpt-4o"))).await;
+    let reply = post(
+        &app.router,
+        "/v1/chat/completions",
+        with("model", json!("gpt-4o")),
+    )
+    .await;
     reply.assert_error(404, INVALID, Some("model_not_found"), Some("model"));
-    let reply = post(&app.router, "/v1/completions", json!({"model": "nope", "prompt": "hi"})).await;
+    let reply = post(
+        &app.router,
+        "/v1/completions",
+        json!({"model": "nope", "prompt": "hi"}),
+    )
+    .await;
     reply.assert_error(404, INVALID, Some("model_not_found"), Some("model"));
     let reply = get(&app.router, "/v1/models/nope").await;
     reply.assert_error(404, INVALID, Some("model_not_found"), Some("model"));
@@ -141,7 +216,10 @@ async fn oversized_bodies_get_413() {
     let body = chat(&"x".repeat(4096)).to_string();
     let reply = post_raw(&app.router, "/v1/chat/completions", body, &[]).await;
     reply.assert_error(413, INVALID, Some("payload_too_large"), None);
-    assert!(reply.json()["error"]["message"].as_str().unwrap().contains("1024"));
+    assert!(reply.json()["error"]["message"]
+        .as_str()
+        .unwrap()
+        .contains("1024"));
     assert_still_serving(&app.router).await;
 }
 
@@ -157,7 +235,8 @@ async fn full_queue_gives_429_with_retry_after() {
         1 << 20,
     );
     let router = app.router.clone();
-    let slow = tokio::spawn(async move { post(&router, "/v1/chat/completions", chat("slow")).await });
+    let slow =
+        tokio::spawn(async move { post(&router, "/v1/chat/completions", chat("slow")).await });
     while app.backend.in_flight() == 0 {
         tokio::time::sleep(Duration::from_millis(2)).await;
     }
@@ -169,7 +248,11 @@ async fn full_queue_gives_429_with_retry_after() {
     let reply = post(&app.router, "/v1/chat/completions", with("n", json!(2))).await;
     assert_eq!(reply.status.as_u16(), 429, "{}", reply.text);
     tokio::time::sleep(Duration::from_millis(100)).await;
-    assert_eq!(app.backend.in_flight(), 0, "the queued first choice was cancelled");
+    assert_eq!(
+        app.backend.in_flight(),
+        0,
+        "the queued first choice was cancelled"
+    );
     assert_still_serving(&app.router).await;
 }
 
@@ -183,13 +266,46 @@ async fn context_too_long_is_400_context_length_exceeded() {
         &[],
         1 << 20,
     );
-    let reply = post(&app.router, "/v1/chat/completions", chat(&"long ".repeat(30))).await;
-    reply.assert_error(400, INVALID, Some("context_length_exceeded"), Some("messages"));
-    assert!(reply.json()["error"]["message"].as_str().unwrap().contains("64"));
-    let reply = post(&app.router, "/v1/chat/completions", with("max_tokens", json!(60))).await;
-    reply.assert_error(400, INVALID, Some("context_length_exceeded"), Some("messages"));
-    let reply = post(&app.router, "/v1/completions", json!({"model": "fake-model", "prompt": "x".repeat(80)})).await;
-    reply.assert_error(400, INVALID, Some("context_length_exceeded"), Some("messages"));
+    let reply = post(
+        &app.router,
+        "/v1/chat/completions",
+        chat(&"long ".repeat(30)),
+    )
+    .await;
+    reply.assert_error(
+        400,
+        INVALID,
+        Some("context_length_exceeded"),
+        Some("messages"),
+    );
+    assert!(reply.json()["error"]["message"]
+        .as_str()
+        .unwrap()
+        .contains("64"));
+    let reply = post(
+        &app.router,
+        "/v1/chat/completions",
+        with("max_tokens", json!(60)),
+    )
+    .await;
+    reply.assert_error(
+        400,
+        INVALID,
+        Some("context_length_exceeded"),
+        Some("messages"),
+    );
+    let reply = post(
+        &app.router,
+        "/v1/completions",
+        json!({"model": "fake-model", "prompt": "x".repeat(80)}),
+    )
+    .await;
+    reply.assert_error(
+        400,
+        INVALID,
+        Some("context_length_exceeded"),
+        Some("messages"),
+    );
     let reply = post(&app.router, "/v1/chat/completions", chat("ok")).await;
     assert_eq!(reply.status.as_u16(), 200, "{}", reply.text);
 }
@@ -206,8 +322,15 @@ async fn engine_failure_is_a_500_without_internals() {
     );
     let reply = post(&app.router, "/v1/chat/completions", chat("boom")).await;
     reply.assert_error(500, "server_error", None, None);
-    assert!(!reply.text.contains("fake engine failure"), "{}", reply.text);
-    assert!(app.sink.turns().is_empty(), "failed responses are not recorded");
+    assert!(
+        !reply.text.contains("fake engine failure"),
+        "{}",
+        reply.text
+    );
+    assert!(
+        app.sink.turns().is_empty(),
+        "failed responses are not recorded"
+    );
 }
 
 #[tokio::test]
@@ -217,7 +340,13 @@ async fn auth_missing_or_wrong_key_is_401_and_right_key_passes() {
     let reply = post_raw(&app.router, "/v1/chat/completions", body.clone(), &[]).await;
     reply.assert_error(401, INVALID, Some("invalid_api_key"), None);
     for header in ["Bearer sk-wrong", "Bearer ", "Basic sk-right", "sk-right"] {
-        let reply = post_raw(&app.router, "/v1/chat/completions", body.clone(), &[("authorization", header)]).await;
+        let reply = post_raw(
+            &app.router,
+            "/v1/chat/completions",
+            body.clone(),
+            &[("authorization", header)],
+        )
+        .await;
         reply.assert_error(401, INVALID, Some("invalid_api_key"), None);
     }
     let reply = get(&app.router, "/v1/models").await;
@@ -225,7 +354,13 @@ async fn auth_missing_or_wrong_key_is_401_and_right_key_passes() {
     assert!(app.backend.requests().is_empty());
     // Operational routes stay open.
     assert_eq!(get(&app.router, "/healthz").await.status.as_u16(), 200);
-    let reply = post_raw(&app.router, "/v1/chat/completions", body, &[("authorization", "Bearer sk-right")]).await;
+    let reply = post_raw(
+        &app.router,
+        "/v1/chat/completions",
+        body,
+        &[("authorization", "Bearer sk-right")],
+    )
+    .await;
     assert_eq!(reply.status.as_u16(), 200, "{}", reply.text);
     let turns = app.sink.turns();
     assert_eq!(turns.len(), 1);
@@ -238,9 +373,21 @@ async fn auth_missing_or_wrong_key_is_401_and_right_key_passes() {
 async fn bad_session_headers_are_400() {
     let app = test_app();
     let body = chat("hi").to_string();
-    let reply = post_raw(&app.router, "/v1/chat/completions", body.clone(), &[("x-turn-type", "sideways")]).await;
+    let reply = post_raw(
+        &app.router,
+        "/v1/chat/completions",
+        body.clone(),
+        &[("x-turn-type", "sideways")],
+    )
+    .await;
     reply.assert_error(400, INVALID, Some("invalid_value"), Some("X-Turn-Type"));
-    let reply = post_raw(&app.router, "/v1/chat/completions", body, &[("x-session-done", "maybe")]).await;
+    let reply = post_raw(
+        &app.router,
+        "/v1/chat/completions",
+        body,
+        &[("x-session-done", "maybe")],
+    )
+    .await;
     reply.assert_error(400, INVALID, Some("invalid_value"), Some("X-Session-Done"));
     assert_still_serving(&app.router).await;
 }
@@ -263,7 +410,12 @@ async fn legacy_completion_bad_inputs() {
         body[field] = value;
         let reply = post(&app.router, "/v1/completions", body.clone()).await;
         assert_eq!(reply.status.as_u16(), 400, "{body} → {}", reply.text);
-        assert_eq!(reply.json()["error"]["param"], param, "{body} → {}", reply.text);
+        assert_eq!(
+            reply.json()["error"]["param"],
+            param,
+            "{body} → {}",
+            reply.text
+        );
     }
     assert_still_serving(&app.router).await;
 }

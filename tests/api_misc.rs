@@ -45,20 +45,31 @@ impl ReadinessProbe for Flag {
 
 #[tokio::test]
 async fn health_and_readiness() {
-    let backend = Arc::new(hindsight::api::testing::FakeBackend::new(FakeConfig::default()));
+    let backend = Arc::new(hindsight::api::testing::FakeBackend::new(
+        FakeConfig::default(),
+    ));
     let ready = Arc::new(AtomicBool::new(false));
     let state = hindsight::api::AppState::new(backend, Arc::new(RecordingSink::default()))
         .with_probe(Arc::new(Flag(ready.clone())));
     let router = hindsight::api::app(state);
-    assert_eq!(get(&router, "/healthz").await.json(), json!({"status": "ok"}));
+    assert_eq!(
+        get(&router, "/healthz").await.json(),
+        json!({"status": "ok"})
+    );
     let reply = get(&router, "/readyz").await;
     assert_eq!(reply.status.as_u16(), 503);
-    assert_eq!(reply.json()["checks"]["store"], "connecting to the database");
+    assert_eq!(
+        reply.json()["checks"]["store"],
+        "connecting to the database"
+    );
     ready.store(true, Ordering::SeqCst);
     let reply = get(&router, "/readyz").await;
     assert_eq!(reply.status.as_u16(), 200);
     assert_eq!(reply.json()["status"], "ready");
-    assert_eq!(reply.json()["checks"], json!({"model": "ready", "store": "ready"}));
+    assert_eq!(
+        reply.json()["checks"],
+        json!({"model": "ready", "store": "ready"})
+    );
 }
 
 #[tokio::test]
@@ -68,7 +79,10 @@ async fn metrics_count_requests_tokens_and_latency() {
     get(&app.router, "/v1/nothing-here").await;
     let reply = get(&app.router, "/metrics").await;
     assert_eq!(reply.status.as_u16(), 200);
-    assert!(reply.headers["content-type"].to_str().unwrap().starts_with("text/plain"));
+    assert!(reply.headers["content-type"]
+        .to_str()
+        .unwrap()
+        .starts_with("text/plain"));
     let text = reply.text;
     for needle in [
         "hindsight_http_requests_total{method=\"POST\",route=\"/v1/chat/completions\",status=\"200\"}",
@@ -100,25 +114,41 @@ async fn openapi_describes_exactly_what_is_served() {
         ("GET", "/openapi.json"),
     ];
     for (method, path) in served {
-        assert!(documented.contains(&(method.to_string(), path.to_string())), "{method} {path} undocumented");
+        assert!(
+            documented.contains(&(method.to_string(), path.to_string())),
+            "{method} {path} undocumented"
+        );
     }
     assert_eq!(documented.len(), served.len(), "{documented:?}");
     for (method, path) in documented {
         let uri = path.replace("{id}", "fake-model");
         let body = match path.as_str() {
             "/v1/chat/completions" => Body::from(chat("hi").to_string()),
-            "/v1/completions" => Body::from(json!({"model": "fake-model", "prompt": "hi"}).to_string()),
+            "/v1/completions" => {
+                Body::from(json!({"model": "fake-model", "prompt": "hi"}).to_string())
+            }
             _ => Body::empty(),
         };
-        let request = Request::builder().method(method.as_str()).uri(&uri).body(body).unwrap();
+        let request = Request::builder()
+            .method(method.as_str())
+            .uri(&uri)
+            .body(body)
+            .unwrap();
         let reply = send(&app.router, request).await;
-        assert!(reply.status.is_success(), "{method} {uri}: {}", reply.status);
+        assert!(
+            reply.status.is_success(),
+            "{method} {uri}: {}",
+            reply.status
+        );
     }
     // Every $ref points at a defined schema.
     let text = doc.to_string();
     for reference in text.split("\"#/components/schemas/").skip(1) {
         let name = reference.split('"').next().unwrap();
-        assert!(doc["components"]["schemas"][name].is_object(), "dangling $ref {name}");
+        assert!(
+            doc["components"]["schemas"][name].is_object(),
+            "dangling $ref {name}"
+        );
     }
 }
 
@@ -128,14 +158,24 @@ async fn request_ids_are_generated_or_propagated() {
     let reply = get(&app.router, "/healthz").await;
     let generated = reply.headers["x-request-id"].to_str().unwrap();
     assert_eq!(generated.len(), 36, "{generated}");
-    let request = Request::builder().uri("/healthz").header("x-request-id", "abc-123").body(Body::empty()).unwrap();
-    assert_eq!(send(&app.router, request).await.headers["x-request-id"], "abc-123");
+    let request = Request::builder()
+        .uri("/healthz")
+        .header("x-request-id", "abc-123")
+        .body(Body::empty())
+        .unwrap();
+    assert_eq!(
+        send(&app.router, request).await.headers["x-request-id"],
+        "abc-123"
+    );
 }
 
 #[tokio::test]
 async fn graceful_shutdown_finishes_streams_then_runs_hooks() {
     let app = test_app_with(
-        FakeConfig { token_delay: Duration::from_millis(10), ..FakeConfig::default() },
+        FakeConfig {
+            token_delay: Duration::from_millis(10),
+            ..FakeConfig::default()
+        },
         &[],
         1 << 20,
     );
@@ -165,9 +205,17 @@ async fn graceful_shutdown_finishes_streams_then_runs_hooks() {
     stop_tx.send(()).unwrap();
     tokio::time::sleep(Duration::from_millis(50)).await;
     // New connections are refused while the stream finishes.
-    assert!(reqwest::Client::new().get(format!("http://{addr}/healthz")).send().await.is_err());
+    assert!(reqwest::Client::new()
+        .get(format!("http://{addr}/healthz"))
+        .send()
+        .await
+        .is_err());
     let text = response.text().await.unwrap();
     assert_eq!(sse_data(&text).last().unwrap(), "[DONE]");
     server.await.unwrap().unwrap();
-    assert_eq!(*turns_at_hook.lock().unwrap(), Some(1), "the hook ran after the turn was recorded");
+    assert_eq!(
+        *turns_at_hook.lock().unwrap(),
+        Some(1),
+        "the hook ran after the turn was recorded"
+    );
 }

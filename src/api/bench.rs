@@ -80,9 +80,17 @@ pub struct OverheadReport {
 
 impl std::fmt::Display for OverheadReport {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        writeln!(f, "{:<34} {:>10} {:>10} {:>10}", "", "p50 ms", "p99 ms", "mean ms")?;
+        writeln!(
+            f,
+            "{:<34} {:>10} {:>10} {:>10}",
+            "", "p50 ms", "p99 ms", "mean ms"
+        )?;
         let row = |f: &mut std::fmt::Formatter<'_>, name: &str, s: &LatencyStats| {
-            writeln!(f, "{name:<34} {:>10.3} {:>10.3} {:>10.3}", s.p50_ms, s.p99_ms, s.mean_ms)
+            writeln!(
+                f,
+                "{name:<34} {:>10.3} {:>10.3} {:>10.3}",
+                s.p50_ms, s.p99_ms, s.mean_ms
+            )
         };
         row(f, "direct, max_tokens=1", &self.direct)?;
         row(f, "HTTP, max_tokens=1", &self.http)?;
@@ -127,9 +135,17 @@ pub async fn proxy_overhead(
     let messages = vec![json!({"role": "user", "content": options.prompt})];
     let model = backend.info().id.clone();
 
-    let direct_call = |max_tokens: usize| direct_once(backend.clone(), messages.clone(), max_tokens);
+    let direct_call =
+        |max_tokens: usize| direct_once(backend.clone(), messages.clone(), max_tokens);
     let http_call = |max_tokens: usize, stream: bool| {
-        http_once(client.clone(), base.clone(), model.clone(), options.prompt.clone(), max_tokens, stream)
+        http_once(
+            client.clone(),
+            base.clone(),
+            model.clone(),
+            options.prompt.clone(),
+            max_tokens,
+            stream,
+        )
     };
     for _ in 0..5 {
         direct_call(1).await?;
@@ -251,7 +267,10 @@ async fn http_once(
     let response = client.post(&url).json(&body).send().await?;
     let status = response.status();
     if !status.is_success() {
-        anyhow::bail!("HTTP {status}: {}", response.text().await.unwrap_or_default());
+        anyhow::bail!(
+            "HTTP {status}: {}",
+            response.text().await.unwrap_or_default()
+        );
     }
     if !stream {
         response.bytes().await?;

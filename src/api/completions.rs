@@ -115,9 +115,9 @@ fn parse_prompt(prompt: &Value) -> Result<Prompt, ApiError> {
     };
     match prompt {
         Value::String(text) => Ok(Prompt::Text(text.clone())),
-        Value::Array(items) if items.len() == 1 && items[0].is_string() => {
-            Ok(Prompt::Text(items[0].as_str().unwrap_or_default().to_string()))
-        }
+        Value::Array(items) if items.len() == 1 && items[0].is_string() => Ok(Prompt::Text(
+            items[0].as_str().unwrap_or_default().to_string(),
+        )),
         Value::Array(items) if !items.is_empty() && items.iter().all(Value::is_u64) => items
             .iter()
             .map(|id| id.as_u64().and_then(|id| u32::try_from(id).ok()))
@@ -157,10 +157,16 @@ pub async fn completions(
     )?;
     let n = choice_count(request.n)?;
     if request.best_of.is_some_and(|best_of| best_of as usize != n) {
-        return Err(ApiError::invalid_param("best_of", "best_of is not supported."));
+        return Err(ApiError::invalid_param(
+            "best_of",
+            "best_of is not supported.",
+        ));
     }
     if request.suffix.as_deref().is_some_and(|s| !s.is_empty()) {
-        return Err(ApiError::invalid_param("suffix", "suffix is not supported."));
+        return Err(ApiError::invalid_param(
+            "suffix",
+            "suffix is not supported.",
+        ));
     }
     let logprobs = match request.logprobs {
         Some(k) if k > MAX_LEGACY_LOGPROBS => {
@@ -181,7 +187,10 @@ pub async fn completions(
     let stop_strings = stop_sequences(request.stop.as_ref())?;
     let max_tokens = request.max_tokens.unwrap_or(DEFAULT_MAX_TOKENS);
     if max_tokens == 0 {
-        return Err(ApiError::invalid_param("max_tokens", "max_tokens must be at least 1."));
+        return Err(ApiError::invalid_param(
+            "max_tokens",
+            "max_tokens must be at least 1.",
+        ));
     }
     let (prompt_text, prompt_tokens) = match parse_prompt(&request.prompt)? {
         Prompt::Text(text) => {

@@ -269,13 +269,19 @@ fn normalize_message(i: usize, message: &Value) -> Result<Value, ApiError> {
         .as_object()
         .ok_or_else(|| ApiError::invalid_param(&param, format!("{param} must be an object.")))?;
     let role = object.get("role").and_then(Value::as_str).ok_or_else(|| {
-        ApiError::invalid_param(format!("{param}.role"), format!("{param}.role must be a string."))
+        ApiError::invalid_param(
+            format!("{param}.role"),
+            format!("{param}.role must be a string."),
+        )
     })?;
     let content = flatten_content(&format!("{param}.content"), object.get("content"))?;
     let mut out = serde_json::Map::new();
     match role {
         "system" | "developer" | "user" => {
-            out.insert("role".into(), json!(if role == "user" { "user" } else { "system" }));
+            out.insert(
+                "role".into(),
+                json!(if role == "user" { "user" } else { "system" }),
+            );
             out.insert("content".into(), json!(content.unwrap_or_default()));
         }
         "assistant" => {
@@ -304,12 +310,15 @@ fn normalize_message(i: usize, message: &Value) -> Result<Value, ApiError> {
             }
         }
         "tool" => {
-            let id = object.get("tool_call_id").and_then(Value::as_str).ok_or_else(|| {
-                ApiError::invalid_param(
-                    format!("{param}.tool_call_id"),
-                    "a tool message needs a string tool_call_id.",
-                )
-            })?;
+            let id = object
+                .get("tool_call_id")
+                .and_then(Value::as_str)
+                .ok_or_else(|| {
+                    ApiError::invalid_param(
+                        format!("{param}.tool_call_id"),
+                        "a tool message needs a string tool_call_id.",
+                    )
+                })?;
             out.insert("role".into(), json!("tool"));
             out.insert("tool_call_id".into(), json!(id));
             out.insert("content".into(), json!(content.unwrap_or_default()));
@@ -409,7 +418,10 @@ fn tool_choice(
         if tool.kind != "function" {
             return Err(ApiError::invalid_param(
                 format!("tools[{i}].type"),
-                format!("Unsupported tool type '{}': only 'function' is supported.", tool.kind),
+                format!(
+                    "Unsupported tool type '{}': only 'function' is supported.",
+                    tool.kind
+                ),
             ));
         }
         if tool.function.name.trim().is_empty() {
@@ -447,7 +459,9 @@ fn tool_choice(
                 .and_then(Value::as_str)
                 .ok_or_else(|| bad("a named tool_choice needs function.name.".into()))?;
             if !tools.iter().any(|tool| tool.function.name == name) {
-                return Err(bad(format!("tool_choice names '{name}', which is not in tools.")));
+                return Err(bad(format!(
+                    "tool_choice names '{name}', which is not in tools."
+                )));
             }
             Ok((
                 Some(as_values()),

@@ -117,8 +117,8 @@ mod tests {
 
     #[test]
     fn names_nested_fields_and_missing_fields() {
-        let err = parse_json::<Sample>(br#"{"model":"m","nested":[{"n":1},{"n":-2}]}"#)
-            .unwrap_err();
+        let err =
+            parse_json::<Sample>(br#"{"model":"m","nested":[{"n":1},{"n":-2}]}"#).unwrap_err();
         assert_eq!(err.param.as_deref(), Some("nested[1].n"));
         let err = parse_json::<Sample>(br#"{"temperature":1}"#).unwrap_err();
         assert_eq!(err.param.as_deref(), Some("model"));

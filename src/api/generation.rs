@@ -91,7 +91,11 @@ impl ChoiceState {
     }
 
     pub fn on_finish(&mut self, finish: FinishEvent) -> Vec<ChoiceDelta> {
-        let pieces = self.tools.as_mut().map(ToolCallStreamer::finish).unwrap_or_default();
+        let pieces = self
+            .tools
+            .as_mut()
+            .map(ToolCallStreamer::finish)
+            .unwrap_or_default();
         let mut deltas = self.deltas(pieces);
         if !self.pending_tokens.is_empty() {
             deltas.push(ChoiceDelta::Text {
@@ -182,7 +186,10 @@ pub fn usage_of(states: &[ChoiceState], prompt_len: usize) -> Usage {
         .and_then(|s| s.finish.as_ref())
         .map(|f| f.prompt_tokens)
         .unwrap_or(prompt_len);
-    Usage::new(prompt, states.iter().map(ChoiceState::completion_tokens).sum())
+    Usage::new(
+        prompt,
+        states.iter().map(ChoiceState::completion_tokens).sum(),
+    )
 }
 
 pub fn policy_version_of(states: &[ChoiceState], fallback: u64) -> u64 {
@@ -218,21 +225,28 @@ pub async fn collect(
     streams: Vec<EventStream>,
     states: Vec<ChoiceState>,
 ) -> Result<Vec<ChoiceState>, ApiError> {
-    let drains = streams.into_iter().zip(states).map(|(mut rx, mut state)| async move {
-        loop {
-            match rx.recv().await {
-                Some(GenerateEvent::Token(token)) => {
-                    state.on_token(token);
+    let drains = streams
+        .into_iter()
+        .zip(states)
+        .map(|(mut rx, mut state)| async move {
+            loop {
+                match rx.recv().await {
+                    Some(GenerateEvent::Token(token)) => {
+                        state.on_token(token);
+                    }
+                    Some(GenerateEvent::Finish(finish)) => {
+                        state.on_finish(finish);
+                        return Ok(state);
+                    }
+                    Some(GenerateEvent::Error(detail)) => return Err(ApiError::internal(detail)),
+                    None => {
+                        return Err(ApiError::internal(
+                            "the engine closed a stream without finishing",
+                        ))
+                    }
                 }
-                Some(GenerateEvent::Finish(finish)) => {
-                    state.on_finish(finish);
-                    return Ok(state);
-                }
-                Some(GenerateEvent::Error(detail)) => return Err(ApiError::internal(detail)),
-                None => return Err(ApiError::internal("the engine closed a stream without finishing")),
             }
-        }
-    });
+        });
     futures::future::try_join_all(drains).await
 }
 

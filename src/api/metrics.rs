@@ -22,8 +22,7 @@ pub const QUEUE_DEPTH: &str = "hindsight_engine_queue_depth";
 pub const ACTIVE_SEQUENCES: &str = "hindsight_engine_active_sequences";
 
 const LATENCY_BUCKETS: &[f64] = &[
-    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
-    120.0,
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0,
 ];
 
 /// The process-wide recorder (metrics macros write to a global; installing twice is an error,
@@ -83,11 +82,9 @@ pub fn observe_generation(
     prompt_tokens: usize,
     completion_tokens: usize,
 ) {
-    metrics::histogram!(GENERATION_DURATION, "endpoint" => endpoint)
-        .record(duration.as_secs_f64());
+    metrics::histogram!(GENERATION_DURATION, "endpoint" => endpoint).record(duration.as_secs_f64());
     metrics::counter!(PROMPT_TOKENS, "endpoint" => endpoint).increment(prompt_tokens as u64);
-    metrics::counter!(GENERATED_TOKENS, "endpoint" => endpoint)
-        .increment(completion_tokens as u64);
+    metrics::counter!(GENERATED_TOKENS, "endpoint" => endpoint).increment(completion_tokens as u64);
 }
 
 pub fn count_cancelled(endpoint: &'static str) {

@@ -75,7 +75,10 @@ pub async fn readyz(State(state): State<AppState>) -> Response {
 pub async fn prometheus(State(state): State<AppState>) -> Response {
     let text = super::metrics::render(&state.metrics, state.backend.load());
     (
-        [(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")],
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
         text,
     )
         .into_response()

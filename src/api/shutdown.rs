@@ -17,7 +17,9 @@ pub struct ShutdownHooks {
 impl std::fmt::Debug for ShutdownHooks {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         let count = self.hooks.lock().map(|hooks| hooks.len()).unwrap_or(0);
-        f.debug_struct("ShutdownHooks").field("count", &count).finish()
+        f.debug_struct("ShutdownHooks")
+            .field("count", &count)
+            .finish()
     }
 }
 
@@ -27,7 +29,11 @@ impl ShutdownHooks {
     }
 
     /// Adds a hook, e.g. `hooks.add("turn store", move || Box::pin(async move { store.flush().await }))`.
-    pub fn add(&self, name: impl Into<String>, hook: impl FnOnce() -> BoxFuture<'static, ()> + Send + 'static) {
+    pub fn add(
+        &self,
+        name: impl Into<String>,
+        hook: impl FnOnce() -> BoxFuture<'static, ()> + Send + 'static,
+    ) {
         if let Ok(mut hooks) = self.hooks.lock() {
             hooks.push((name.into(), Box::new(hook)));
         }

@@ -16,6 +16,9 @@ use crate::engine::{
     ModelInfo, PromptError, SubmitError, TokenEvent, TokenLogprob,
 };
 
+/// A reply computed from the request and its decoded prompt.
+pub type ReplyScript = Arc<dyn Fn(&GenerateRequest, &str) -> String + Send + Sync>;
+
 /// What the fake answers.
 #[derive(Clone)]
 pub enum FakeReply {
@@ -26,7 +29,7 @@ pub enum FakeReply {
     /// Always this text.
     Fixed(String),
     /// Computed from the request and its decoded prompt.
-    Script(Arc<dyn Fn(&GenerateRequest, &str) -> String + Send + Sync>),
+    Script(ReplyScript),
 }
 
 #[derive(Clone)]
@@ -214,7 +217,10 @@ impl Backend for FakeBackend {
     }
 
     fn decode(&self, tokens: &[u32]) -> String {
-        let bytes: Vec<u8> = tokens.iter().filter_map(|&t| u8::try_from(t).ok()).collect();
+        let bytes: Vec<u8> = tokens
+            .iter()
+            .filter_map(|&t| u8::try_from(t).ok())
+            .collect();
         String::from_utf8_lossy(&bytes).into_owned()
     }
 
@@ -231,7 +237,11 @@ impl Backend for FakeBackend {
         }
         let in_flight = self.counters.in_flight.fetch_add(1, Ordering::SeqCst);
         let guard = InFlight(self.counters.clone());
-        if self.config.max_in_flight.is_some_and(|max| in_flight >= max) {
+        if self
+            .config
+            .max_in_flight
+            .is_some_and(|max| in_flight >= max)
+        {
             return Err(SubmitError::QueueFull);
         }
         if let Ok(mut requests) = self.requests.lock() {
@@ -265,7 +275,9 @@ impl Backend for FakeBackend {
             let mut pending = Vec::new();
             for (i, &byte) in bytes.iter().enumerate() {
                 if config.fail_after_tokens == Some(i) {
-                    let _ = tx.send(GenerateEvent::Error("fake engine failure".into())).await;
+                    let _ = tx
+                        .send(GenerateEvent::Error("fake engine failure".into()))
+                        .await;
                     return;
                 }
                 if !config.token_delay.is_zero() {

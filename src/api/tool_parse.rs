@@ -76,7 +76,11 @@ impl ToolCallStreamer {
             },
             Mode::Hermes => {
                 // A final block without its closing tag (the model stopped right after the JSON).
-                match rest.trim_start().strip_prefix(HERMES_OPEN).and_then(parse_call_json) {
+                match rest
+                    .trim_start()
+                    .strip_prefix(HERMES_OPEN)
+                    .and_then(parse_call_json)
+                {
                     Some(call) => out.push(Piece::Call(call)),
                     None => push_text(&mut out, rest),
                 }
@@ -286,7 +290,10 @@ mod tests {
         );
         let (content, calls) = parse_tool_calls(QWEN_TWO);
         assert_eq!(content, None);
-        assert_eq!(names(&calls), ["get_current_temperature", "get_temperature_date"]);
+        assert_eq!(
+            names(&calls),
+            ["get_current_temperature", "get_temperature_date"]
+        );
         assert_eq!(args(&calls[1])["date"], "2024-10-01");
     }
 
@@ -335,7 +342,13 @@ mod tests {
     /// as its closing tag arrives, not at the end.
     #[test]
     fn streaming_matches_whole_text_and_emits_calls_early() {
-        for text in [QWEN_ONE, QWEN_TWO, QWEN3_THINK_THEN_CALL, LLAMA_JSON, "Hi <tool_c there"] {
+        for text in [
+            QWEN_ONE,
+            QWEN_TWO,
+            QWEN3_THINK_THEN_CALL,
+            LLAMA_JSON,
+            "Hi <tool_c there",
+        ] {
             let mut streamer = ToolCallStreamer::new();
             let mut pieces = Vec::new();
             let mut first_call_at = None;
@@ -363,7 +376,10 @@ mod tests {
         }
         let mut streamer = ToolCallStreamer::new();
         let mut text = String::new();
-        for piece in "Hi <tool_c there".chars().flat_map(|c| streamer.push(&c.to_string())) {
+        for piece in "Hi <tool_c there"
+            .chars()
+            .flat_map(|c| streamer.push(&c.to_string()))
+        {
             if let Piece::Text(t) = piece {
                 text.push_str(&t);
             }

@@ -40,7 +40,10 @@ impl SessionHeaders {
                 ))
             }
         };
-        let session_done = match text("x-session-done")?.as_deref().map(str::to_ascii_lowercase) {
+        let session_done = match text("x-session-done")?
+            .as_deref()
+            .map(str::to_ascii_lowercase)
+        {
             None => false,
             Some(flag) if flag == "true" || flag == "1" => true,
             Some(flag) if flag == "false" || flag == "0" => false,

@@ -16,6 +16,27 @@ use crate::store::DiscardTurns;
 
 #[derive(Debug, Clone, Default, clap::Args)]
 pub struct Args {
+    /// Boxed: the flags are large and `Args` sits in the CLI's subcommand enum.
+    #[command(flatten)]
+    pub flags: Box<ServeFlags>,
+}
+
+impl Args {
+    pub fn resolve(self) -> anyhow::Result<ServeConfig> {
+        self.flags.resolve()
+    }
+}
+
+impl From<ServeFlags> for Args {
+    fn from(flags: ServeFlags) -> Self {
+        Self {
+            flags: Box::new(flags),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct ServeFlags {
     /// TOML file with any of these options (snake_case keys, e.g. `max_queue = 32`).
     #[arg(long, env = "HINDSIGHT_CONFIG")]
     pub config: Option<PathBuf>,
@@ -91,7 +112,7 @@ pub struct ServeConfig {
     pub max_body_bytes: usize,
 }
 
-impl Args {
+impl ServeFlags {
     /// Layers flags/env (already merged by clap) over the config file over the defaults, and
     /// validates the result.
     pub fn resolve(self) -> anyhow::Result<ServeConfig> {
@@ -109,12 +130,18 @@ impl Args {
         }
         api_keys.retain(|key| !key.trim().is_empty());
         let config = ServeConfig {
-            bind: self.bind.or(file.bind).unwrap_or_else(|| "127.0.0.1:8080".into()),
+            bind: self
+                .bind
+                .or(file.bind)
+                .unwrap_or_else(|| "127.0.0.1:8080".into()),
             model: self.model.or(file.model),
             model_name: self.model_name.or(file.model_name),
             api_keys,
             database_url: self.database_url.or(file.database_url),
-            data_dir: self.data_dir.or(file.data_dir).unwrap_or_else(|| "data".into()),
+            data_dir: self
+                .data_dir
+                .or(file.data_dir)
+                .unwrap_or_else(|| "data".into()),
             max_concurrent: self.max_concurrent.or(file.max_concurrent).unwrap_or(8),
             max_queue: self.max_queue.or(file.max_queue).unwrap_or(256),
             dtype: self.dtype.or(file.dtype).unwrap_or_else(|| "f32".into()),
@@ -161,7 +188,10 @@ impl ServeConfig {
                 .strip_prefix("cuda:")
                 .is_some_and(|n| n.parse::<usize>().is_ok());
         if !device_ok {
-            anyhow::bail!("--device must be cpu, cuda, cuda:N or auto, got {:?}", self.device);
+            anyhow::bail!(
+                "--device must be cpu, cuda, cuda:N or auto, got {:?}",
+                self.device
+            );
         }
         if self.max_concurrent == 0 {
             anyhow::bail!("--max-concurrent must be at least 1");
@@ -196,7 +226,10 @@ impl ServeConfig {
     }
 
     pub fn engine_options(&self, model_dir: PathBuf) -> EngineOptions {
-        let model_name = self.model_name.clone().unwrap_or_else(|| model_name_of(&model_dir));
+        let model_name = self
+            .model_name
+            .clone()
+            .unwrap_or_else(|| model_name_of(&model_dir));
         EngineOptions {
             model_dir,
             model_name,
@@ -287,11 +320,15 @@ mod tests {
     #[test]
     fn flags_win_over_file_which_wins_over_defaults() {
         let mut file = tempfile::NamedTempFile::new().unwrap();
-        writeln!(file, "bind = \"127.0.0.1:9999\"\nmax_queue = 7\ndtype = \"bf16\"").unwrap();
-        let args = Args {
+        writeln!(
+            file,
+            "bind = \"127.0.0.1:9999\"\nmax_queue = 7\ndtype = \"bf16\""
+        )
+        .unwrap();
+        let args = ServeFlags {
             config: Some(file.path().to_path_buf()),
             max_queue: Some(3),
-            ..Args::default()
+            ..ServeFlags::default()
         };
         let config = args.resolve().unwrap();
         assert_eq!(config.bind, "127.0.0.1:9999");
@@ -305,18 +342,18 @@ mod tests {
     fn unknown_config_keys_and_bad_values_name_the_problem() {
         let mut file = tempfile::NamedTempFile::new().unwrap();
         writeln!(file, "max_queeu = 7").unwrap();
-        let err = Args {
+        let err = ServeFlags {
             config: Some(file.path().to_path_buf()),
-            ..Args::default()
+            ..ServeFlags::default()
         }
         .resolve()
         .unwrap_err();
         let text = format!("{err:#}");
         assert!(text.contains("max_queeu"), "{text}");
         assert!(text.contains(&file.path().display().to_string()), "{text}");
-        let err = Args {
+        let err = ServeFlags {
             device: Some("tpu".into()),
-            ..Args::default()
+            ..ServeFlags::default()
         }
         .resolve()
         .unwrap_err();
@@ -325,18 +362,18 @@ mod tests {
 
     #[test]
     fn refuses_a_public_bind_without_keys() {
-        let public = Args {
+        let public = ServeFlags {
             bind: Some("0.0.0.0:8080".into()),
-            ..Args::default()
+            ..ServeFlags::default()
         };
         let err = public.clone().resolve().unwrap().bind_addrs().unwrap_err();
         assert!(err.to_string().contains("without an API key"), "{err}");
-        let with_key = Args {
+        let with_key = ServeFlags {
             api_keys: vec!["secret".into()],
             ..public
         };
         assert!(with_key.resolve().unwrap().bind_addrs().is_ok());
-        let local = Args::default().resolve().unwrap();
+        let local = ServeFlags::default().resolve().unwrap();
         assert!(local.bind_addrs().unwrap()[0].ip().is_loopback());
     }
 
@@ -344,18 +381,18 @@ mod tests {
     fn keys_file_adds_keys_and_an_empty_one_is_an_error() {
         let mut file = tempfile::NamedTempFile::new().unwrap();
         writeln!(file, "# team keys\nalpha\n\n beta \n").unwrap();
-        let config = Args {
+        let config = ServeFlags {
             api_keys: vec!["gamma".into()],
             api_keys_file: Some(file.path().to_path_buf()),
-            ..Args::default()
+            ..ServeFlags::default()
         }
         .resolve()
         .unwrap();
         assert_eq!(config.api_keys, ["gamma", "alpha", "beta"]);
         let empty = tempfile::NamedTempFile::new().unwrap();
-        let err = Args {
+        let err = ServeFlags {
             api_keys_file: Some(empty.path().to_path_buf()),
-            ..Args::default()
+            ..ServeFlags::default()
         }
         .resolve()
         .unwrap_err();
@@ -364,13 +401,13 @@ mod tests {
 
     #[test]
     fn missing_model_is_a_clear_error() {
-        let config = Args::default().resolve().unwrap();
+        let config = ServeFlags::default().resolve().unwrap();
         let err = resolve_model_dir(&config).unwrap_err();
         assert!(err.to_string().contains("--model"), "{err}");
         let dir = tempfile::tempdir().unwrap();
-        let config = Args {
+        let config = ServeFlags {
             model: Some(dir.path().to_path_buf()),
-            ..Args::default()
+            ..ServeFlags::default()
         }
         .resolve()
         .unwrap();

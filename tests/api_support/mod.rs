@@ -69,7 +69,10 @@ impl Reply {
         assert_eq!(self.status.as_u16(), status, "{}", self.text);
         let body = self.json();
         let error = &body["error"];
-        assert!(error["message"].as_str().is_some_and(|m| !m.is_empty()), "{body}");
+        assert!(
+            error["message"].as_str().is_some_and(|m| !m.is_empty()),
+            "{body}"
+        );
         assert_eq!(error["type"], kind, "{body}");
         assert_eq!(error["code"], json!(code), "{body}");
         assert_eq!(error["param"], json!(param), "{body}");
@@ -96,7 +99,12 @@ pub async fn post(router: &Router, path: &str, body: Value) -> Reply {
     post_raw(router, path, body.to_string(), &[]).await
 }
 
-pub async fn post_raw(router: &Router, path: &str, body: String, headers: &[(&str, &str)]) -> Reply {
+pub async fn post_raw(
+    router: &Router,
+    path: &str,
+    body: String,
+    headers: &[(&str, &str)],
+) -> Reply {
     let mut builder = Request::builder()
         .method(Method::POST)
         .uri(path)
@@ -139,7 +147,10 @@ pub async fn spawn_server(router: Router) -> SocketAddr {
 /// The `data:` payloads of an SSE body, in order.
 pub fn sse_data(text: &str) -> Vec<String> {
     text.lines()
-        .filter_map(|line| line.strip_prefix("data: ").or_else(|| line.strip_prefix("data:")))
+        .filter_map(|line| {
+            line.strip_prefix("data: ")
+                .or_else(|| line.strip_prefix("data:"))
+        })
         .map(str::to_string)
         .collect()
 }
