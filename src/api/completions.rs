@@ -1,0 +1,383 @@
+//! POST /v1/completions: the legacy text-completion endpoint (no chat template).
+
+use std::collections::BTreeMap;
+use std::time::Instant;
+
+use axum::extract::State;
+use axum::http::HeaderMap;
+use axum::response::{IntoResponse, Response};
+use axum::{Extension, Json};
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Value};
+
+use super::app::AppState;
+use super::caller::Caller;
+use super::chat::{fingerprint, now_unix};
+use super::convert::{
+    check_model, choice_count, choice_request, completion_budget, sampling_params, stop_sequences,
+};
+use super::dto::{StreamOptions, Usage};
+use super::error::ApiError;
+use super::extract::OpenAiJson;
+use super::generation::{
+    collect, policy_version_of, stream_sse, submit_all, to_json, usage_of, ChoiceDelta,
+    ChoiceState, ChunkWriter, StreamEnd,
+};
+use super::turn_record::{SessionHeaders, TurnContext};
+use crate::engine::{AdapterChoice, GenerateRequest, Priority, StopCriteria, TokenEvent};
+
+/// OpenAI's default for this endpoint.
+const DEFAULT_MAX_TOKENS: u32 = 16;
+const MAX_LEGACY_LOGPROBS: u32 = 5;
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct CompletionRequest {
+    pub model: String,
+    pub prompt: Value,
+    pub max_tokens: Option<u32>,
+    pub temperature: Option<f32>,
+    pub top_p: Option<f32>,
+    pub n: Option<u32>,
+    pub stream: Option<bool>,
+    pub stream_options: Option<StreamOptions>,
+    pub logprobs: Option<u32>,
+    pub echo: Option<bool>,
+    pub stop: Option<Value>,
+    pub presence_penalty: Option<f32>,
+    pub frequency_penalty: Option<f32>,
+    pub seed: Option<i64>,
+    pub best_of: Option<u32>,
+    pub suffix: Option<String>,
+    pub user: Option<String>,
+    pub session_id: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Completion {
+    pub id: String,
+    pub object: &'static str,
+    pub created: i64,
+    pub model: String,
+    pub choices: Vec<CompletionChoice>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub usage: Option<Usage>,
+    pub system_fingerprint: String,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct CompletionChoice {
+    pub text: String,
+    pub index: usize,
+    pub logprobs: Option<LegacyLogprobs>,
+    pub finish_reason: Option<String>,
+}
+
+/// The legacy logprobs shape: parallel arrays.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct LegacyLogprobs {
+    pub tokens: Vec<String>,
+    pub token_logprobs: Vec<f32>,
+    pub top_logprobs: Vec<BTreeMap<String, f32>>,
+    pub text_offset: Vec<usize>,
+}
+
+fn legacy_logprobs(tokens: &[TokenEvent], start_offset: usize) -> LegacyLogprobs {
+    let mut out = LegacyLogprobs::default();
+    let mut offset = start_offset;
+    for token in tokens {
+        out.tokens.push(token.text.clone());
+        out.token_logprobs.push(token.logprob);
+        out.top_logprobs.push(
+            token
+                .top_logprobs
+                .iter()
+                .map(|alt| (alt.text.clone(), alt.logprob))
+                .collect(),
+        );
+        out.text_offset.push(offset);
+        offset += token.text.len();
+    }
+    out
+}
+
+/// The prompt as a string, or as token ids when given that way.
+enum Prompt {
+    Text(String),
+    Tokens(Vec<u32>),
+}
+
+fn parse_prompt(prompt: &Value) -> Result<Prompt, ApiError> {
+    let bad = || {
+        ApiError::invalid_param(
+            "prompt",
+            "prompt must be a string, an array of one string, or an array of token ids.",
+        )
+    };
+    match prompt {
+        Value::String(text) => Ok(Prompt::Text(text.clone())),
+        Value::Array(items) if items.len() == 1 && items[0].is_string() => Ok(Prompt::Text(
+            items[0].as_str().unwrap_or_default().to_string(),
+        )),
+        Value::Array(items) if !items.is_empty() && items.iter().all(Value::is_u64) => items
+            .iter()
+            .map(|id| id.as_u64().and_then(|id| u32::try_from(id).ok()))
+            .collect::<Option<Vec<_>>>()
+            .map(Prompt::Tokens)
+            .ok_or_else(bad),
+        Value::Array(items) if items.len() > 1 && items.iter().all(Value::is_string) => {
+            Err(ApiError::invalid_param(
+                "prompt",
+                "Several prompts in one request are not supported; send one request per prompt.",
+            ))
+        }
+        _ => Err(bad()),
+    }
+}
+
+pub async fn completions(
+    State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
+    headers: HeaderMap,
+    OpenAiJson(request): OpenAiJson<CompletionRequest>,
+) -> Result<Response, ApiError> {
+    let started = Instant::now();
+    let mut session = SessionHeaders::parse(&headers)?;
+    if session.session_id.is_none() {
+        session.session_id = request.session_id.clone().filter(|id| !id.is_empty());
+    }
+    let backend = state.backend.as_ref();
+    let info = backend.info();
+    check_model(&request.model, info)?;
+    let sampling = sampling_params(
+        request.temperature,
+        request.top_p,
+        request.seed,
+        request.presence_penalty,
+        request.frequency_penalty,
+    )?;
+    let n = choice_count(request.n)?;
+    if request.best_of.is_some_and(|best_of| best_of as usize != n) {
+        return Err(ApiError::invalid_param(
+            "best_of",
+            "best_of is not supported.",
+        ));
+    }
+    if request.suffix.as_deref().is_some_and(|s| !s.is_empty()) {
+        return Err(ApiError::invalid_param(
+            "suffix",
+            "suffix is not supported.",
+        ));
+    }
+    let logprobs = match request.logprobs {
+        Some(k) if k > MAX_LEGACY_LOGPROBS => {
+            return Err(ApiError::invalid_param(
+                "logprobs",
+                format!("logprobs must be between 0 and {MAX_LEGACY_LOGPROBS}, got {k}."),
+            ))
+        }
+        other => other,
+    };
+    let echo = request.echo.unwrap_or(false);
+    if echo && logprobs.is_some() {
+        return Err(ApiError::invalid_param(
+            "echo",
+            "echo together with logprobs is not supported.",
+        ));
+    }
+    let stop_strings = stop_sequences(request.stop.as_ref())?;
+    let max_tokens = request.max_tokens.unwrap_or(DEFAULT_MAX_TOKENS);
+    if max_tokens == 0 {
+        return Err(ApiError::invalid_param(
+            "max_tokens",
+            "max_tokens must be at least 1.",
+        ));
+    }
+    let (prompt_text, prompt_tokens) = match parse_prompt(&request.prompt)? {
+        Prompt::Text(text) => {
+            let tokens = backend.encode(&text);
+            (text, tokens)
+        }
+        Prompt::Tokens(tokens) => (backend.decode(&tokens), tokens),
+    };
+    let max_tokens = completion_budget(prompt_tokens.len(), Some(max_tokens), info)?;
+    let stream = request.stream.unwrap_or(false);
+    let include_usage = match &request.stream_options {
+        Some(_) if !stream => {
+            return Err(ApiError::invalid_param(
+                "stream_options",
+                "stream_options is only allowed when stream is true.",
+            ))
+        }
+        Some(options) => options.include_usage.unwrap_or(false),
+        None => false,
+    };
+
+    let response_id = format!("cmpl-{}", uuid::Uuid::new_v4().simple());
+    let sampling_record = json!({
+        "temperature": sampling.temperature,
+        "top_p": sampling.top_p,
+        "seed": sampling.seed,
+        "presence_penalty": sampling.presence_penalty,
+        "frequency_penalty": sampling.frequency_penalty,
+        "max_tokens": max_tokens,
+        "stop": stop_strings,
+        "n": n,
+        "logprobs": logprobs,
+    });
+    let base = GenerateRequest {
+        request_id: response_id.clone(),
+        prompt_tokens: prompt_tokens.clone(),
+        sampling,
+        stop: StopCriteria {
+            max_tokens,
+            stop_strings,
+            stop_token_ids: Vec::new(),
+        },
+        top_logprobs: logprobs.unwrap_or(0) as usize,
+        adapter: AdapterChoice::Current,
+        priority: Priority::User,
+    };
+    let model = info.id.clone();
+    let policy_version = backend.policy_version();
+    let turn = TurnContext {
+        response_id: response_id.clone(),
+        endpoint: "completion",
+        session,
+        api_key_id: caller.key_id,
+        model: model.clone(),
+        messages: json!([{"role": "user", "content": prompt_text}]),
+        tools: None,
+        prompt_token_ids: prompt_tokens.clone(),
+        sampling: sampling_record,
+        started,
+        created_at: chrono::Utc::now(),
+    };
+    let requests = (0..n).map(|i| choice_request(&base, i)).collect();
+    let states: Vec<ChoiceState> = (0..n)
+        .map(|i| ChoiceState::new(i, false, true, logprobs.is_some()))
+        .collect();
+    let streams = submit_all(backend, requests)?;
+    let created = now_unix();
+    let echoed = if echo { prompt_text } else { String::new() };
+
+    if stream {
+        let writer = CompletionChunks {
+            id: response_id,
+            created,
+            model,
+            fingerprint: fingerprint(policy_version),
+            logprobs: logprobs.is_some(),
+            echo: echoed,
+            offsets: vec![0; n],
+        };
+        let sink = state.turns.clone();
+        let sse = stream_sse(
+            streams,
+            states,
+            Box::new(writer),
+            include_usage,
+            prompt_tokens.len(),
+            move |end| match end {
+                StreamEnd::Completed(states) => turn.record(sink.as_ref(), &states, policy_version),
+                StreamEnd::Cancelled => super::metrics::count_cancelled("completion"),
+                StreamEnd::Failed => {}
+            },
+        );
+        return Ok(sse.into_response());
+    }
+
+    let states = collect(streams, states).await?;
+    let body = Completion {
+        id: response_id,
+        object: "text_completion",
+        created,
+        model,
+        choices: states
+            .iter()
+            .map(|s| CompletionChoice {
+                text: format!("{echoed}{}", s.content),
+                index: s.index,
+                logprobs: logprobs.map(|_| legacy_logprobs(&s.logprob_tokens, 0)),
+                finish_reason: Some(s.finish_reason().to_string()),
+            })
+            .collect(),
+        usage: Some(usage_of(&states, prompt_tokens.len())),
+        system_fingerprint: fingerprint(policy_version_of(&states, policy_version)),
+    };
+    turn.record(state.turns.as_ref(), &states, policy_version);
+    Ok(Json(body).into_response())
+}
+
+struct CompletionChunks {
+    id: String,
+    created: i64,
+    model: String,
+    fingerprint: String,
+    logprobs: bool,
+    echo: String,
+    /// Text offset reached by each choice, for legacy `text_offset`.
+    offsets: Vec<usize>,
+}
+
+impl CompletionChunks {
+    fn chunk(&self, choices: Vec<CompletionChoice>, usage: Option<Usage>) -> String {
+        to_json(&Completion {
+            id: self.id.clone(),
+            object: "text_completion",
+            created: self.created,
+            model: self.model.clone(),
+            choices,
+            usage,
+            system_fingerprint: self.fingerprint.clone(),
+        })
+    }
+}
+
+impl ChunkWriter for CompletionChunks {
+    fn opening(&mut self, index: usize) -> Option<String> {
+        if self.echo.is_empty() {
+            return None;
+        }
+        let choice = CompletionChoice {
+            text: self.echo.clone(),
+            index,
+            logprobs: None,
+            finish_reason: None,
+        };
+        Some(self.chunk(vec![choice], None))
+    }
+
+    fn delta(&mut self, index: usize, delta: ChoiceDelta) -> Option<String> {
+        let ChoiceDelta::Text { text, tokens } = delta else {
+            return None;
+        };
+        if text.is_empty() && (tokens.is_empty() || !self.logprobs) {
+            return None;
+        }
+        let logprobs = self
+            .logprobs
+            .then(|| legacy_logprobs(&tokens, self.offsets[index]));
+        self.offsets[index] += text.len();
+        let choice = CompletionChoice {
+            text,
+            index,
+            logprobs,
+            finish_reason: None,
+        };
+        Some(self.chunk(vec![choice], None))
+    }
+
+    fn closing(&mut self, state: &ChoiceState) -> String {
+        let choice = CompletionChoice {
+            text: String::new(),
+            index: state.index,
+            logprobs: None,
+            finish_reason: Some(state.finish_reason().to_string()),
+        };
+        self.chunk(vec![choice], None)
+    }
+
+    fn usage(&mut self, usage: Usage) -> String {
+        self.chunk(Vec::new(), Some(usage))
+    }
+}

@@ -1,0 +1,85 @@
+//! GET /v1/models, /v1/models/{id}, and the operational endpoints (/healthz, /readyz, /metrics).
+
+use axum::extract::{Path, State};
+use axum::http::{header, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use serde_json::json;
+
+use super::app::AppState;
+use super::dto::{ModelList, ModelObject};
+use super::error::ApiError;
+
+fn model_object(state: &AppState) -> ModelObject {
+    let info = state.backend.info();
+    ModelObject {
+        id: info.id.clone(),
+        object: "model",
+        created: info.created,
+        owned_by: "hindsight",
+    }
+}
+
+pub async fn list_models(State(state): State<AppState>) -> Json<ModelList> {
+    Json(ModelList {
+        object: "list",
+        data: vec![model_object(&state)],
+    })
+}
+
+pub async fn get_model(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Json<ModelObject>, ApiError> {
+    if id == state.backend.info().id {
+        Ok(Json(model_object(&state)))
+    } else {
+        Err(ApiError::model_not_found(&id))
+    }
+}
+
+/// Liveness: the process answers.
+pub async fn healthz() -> Json<serde_json::Value> {
+    Json(json!({"status": "ok"}))
+}
+
+/// Readiness: the model is loaded (a backend exists once it is) and every probe passes.
+pub async fn readyz(State(state): State<AppState>) -> Response {
+    let mut checks = serde_json::Map::new();
+    checks.insert("model".into(), json!("ready"));
+    let mut ready = true;
+    for probe in &state.readiness {
+        let status = match probe.check() {
+            Ok(()) => "ready".to_string(),
+            Err(reason) => {
+                ready = false;
+                reason
+            }
+        };
+        checks.insert(probe.name().to_string(), json!(status));
+    }
+    let status = if ready {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    let body = json!({
+        "status": if ready { "ready" } else { "not_ready" },
+        "model": state.backend.info().id,
+        "policy_version": state.backend.policy_version(),
+        "checks": checks,
+    });
+    (status, Json(body)).into_response()
+}
+
+pub async fn prometheus(State(state): State<AppState>) -> Response {
+    let text = super::metrics::render(&state.metrics, state.backend.load());
+    (
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        text,
+    )
+        .into_response()
+}
