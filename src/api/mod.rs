@@ -1,3 +1,5 @@
 //! The OpenAI-compatible HTTP layer.
 
 pub mod caller;
+pub mod feedback;
+pub mod sessions;

@@ -237,7 +237,15 @@ macro_rules! backend_apply {
                 .fetch_optional(&mut *conn)
                 .await?;
                 if inserted.is_none() {
-                    return Ok(()); // the same response id twice: the first one stands
+                    // The same response id twice: the first one stands; undo the session
+                    // bookkeeping (rare, so cheaper than checking before every insert).
+                    let undo = if seq == 1 {
+                        "DELETE FROM sessions WHERE id = $1 AND turn_count = 1"
+                    } else {
+                        "UPDATE sessions SET turn_count = turn_count - 1 WHERE id = $1"
+                    };
+                    sqlx::query(undo).bind(session_pk).execute(&mut *conn).await?;
+                    return Ok(());
                 }
 
                 if let (TurnType::Main, Some((parent_id, _))) = (turn.turn_type, parent) {

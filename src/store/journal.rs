@@ -63,10 +63,12 @@ impl Journal {
     }
 
     /// The queue is full: journal the op and keep journaling until the writer drains it.
+    /// Not fsync'd (this runs on the serving path, and the queue it overflows is in memory
+    /// anyway): it survives a killed process; the writer's next append syncs it to disk.
     pub fn spill(&self, op: Sequenced) -> Result<(), StoreError> {
         let mut state = self.lock();
         state.overflow = true;
-        self.append_locked(&mut state, std::slice::from_ref(&op))
+        self.append_locked(&mut state, std::slice::from_ref(&op), false)
     }
 
     /// Journals the op if an overflow is under way; otherwise hands it back for the queue.
@@ -75,7 +77,7 @@ impl Journal {
         if !state.overflow {
             return Ok(Some(op));
         }
-        self.append_locked(&mut state, std::slice::from_ref(&op))?;
+        self.append_locked(&mut state, std::slice::from_ref(&op), false)?;
         Ok(None)
     }
 
@@ -91,10 +93,15 @@ impl Journal {
     /// Appends ops and fsyncs before returning, so an acknowledged spill survives a crash.
     pub fn append(&self, ops: &[Sequenced]) -> Result<(), StoreError> {
         let mut state = self.lock();
-        self.append_locked(&mut state, ops)
+        self.append_locked(&mut state, ops, true)
     }
 
-    fn append_locked(&self, state: &mut State, ops: &[Sequenced]) -> Result<(), StoreError> {
+    fn append_locked(
+        &self,
+        state: &mut State,
+        ops: &[Sequenced],
+        sync: bool,
+    ) -> Result<(), StoreError> {
         if ops.is_empty() {
             return Ok(());
         }
@@ -114,7 +121,9 @@ impl Journal {
         }
         let file = state.file.as_mut().expect("opened above");
         file.write_all(&buf).map_err(io_err(&self.active))?;
-        file.sync_data().map_err(io_err(&self.active))?;
+        if sync {
+            file.sync_data().map_err(io_err(&self.active))?;
+        }
         self.rows.fetch_add(ops.len() as u64, Ordering::Relaxed);
         Ok(())
     }

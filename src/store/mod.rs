@@ -2,10 +2,12 @@
 //! what the learner derives. Serving only ever enqueues; it never waits on the database.
 
 pub mod apply;
+pub mod bench;
 pub mod canonical;
 pub mod capture;
 pub mod db;
 pub mod error;
+pub mod export;
 pub mod handle;
 pub mod journal;
 pub mod ops;
