@@ -41,7 +41,8 @@ impl Db {
             let options = PgConnectOptions::from_str(url).map_err(bad_url)?;
             let pool = PgPoolOptions::new()
                 .max_connections(4)
-                .acquire_timeout(Duration::from_secs(3))
+                // Short: a write that cannot get a connection is retried, then journaled.
+                .acquire_timeout(Duration::from_secs(1))
                 .connect_lazy_with(options);
             Ok(Db::Pg(pool))
         } else if url.starts_with("sqlite:") {

@@ -255,6 +255,7 @@ impl Writer {
                 }
                 Err(err) if is_transient(&err) => {
                     last_error = err.to_string();
+                    self.shared.set_error(&last_error);
                     if attempt + 1 < self.config.write_attempts {
                         tokio::time::sleep(backoff).await;
                         backoff *= 2;
