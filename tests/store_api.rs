@@ -29,16 +29,25 @@ async fn call(app: &Router, method: &str, uri: &str, body: Option<Vec<u8>>) -> (
         .unwrap();
     let response = app.clone().oneshot(request).await.unwrap();
     let status = response.status();
-    let bytes = axum::body::to_bytes(response.into_body(), 1 << 24).await.unwrap();
-    let value = serde_json::from_slice(&bytes).unwrap_or_else(|_| json!(String::from_utf8_lossy(&bytes)));
+    let bytes = axum::body::to_bytes(response.into_body(), 1 << 24)
+        .await
+        .unwrap();
+    let value =
+        serde_json::from_slice(&bytes).unwrap_or_else(|_| json!(String::from_utf8_lossy(&bytes)));
     (status, value)
 }
 
 fn assert_envelope(body: &Value, param: Option<&str>) {
     let error = &body["error"];
-    assert!(error["message"].as_str().is_some_and(|m| !m.is_empty()), "{body}");
+    assert!(
+        error["message"].as_str().is_some_and(|m| !m.is_empty()),
+        "{body}"
+    );
     assert!(error["type"].is_string(), "{body}");
-    assert!(error.get("code").is_some() && error.get("param").is_some(), "{body}");
+    assert!(
+        error.get("code").is_some() && error.get("param").is_some(),
+        "{body}"
+    );
     if let Some(param) = param {
         assert_eq!(error["param"], param, "{body}");
     }
@@ -54,19 +63,31 @@ async fn feedback_api(db: &TestDb) {
     // Feedback right behind a turn that may still be queued: accepted, never lost.
     let body = json!({"response_id": first.response_id, "rating": "up"}).to_string();
     let (status, created) = call(&alice, "POST", "/v1/feedback", Some(body.into_bytes())).await;
-    assert!(status == StatusCode::OK || status == StatusCode::ACCEPTED, "{status} {created}");
+    assert!(
+        status == StatusCode::OK || status == StatusCode::ACCEPTED,
+        "{status} {created}"
+    );
     assert_eq!(created["rating"], "up");
     settle(&store).await;
 
     let body = json!({"response_id": first.response_id, "rating": "down", "correction": "say a2"});
-    let (status, _) = call(&alice, "POST", "/v1/feedback", Some(body.to_string().into_bytes())).await;
+    let (status, _) = call(
+        &alice,
+        "POST",
+        "/v1/feedback",
+        Some(body.to_string().into_bytes()),
+    )
+    .await;
     assert_eq!(status, StatusCode::OK);
     let uri = format!("/v1/feedback?response_id={}", first.response_id);
     let (status, listed) = call(&alice, "GET", &uri, None).await;
     assert_eq!(status, StatusCode::OK);
     let data = listed["data"].as_array().unwrap();
     assert_eq!(data.len(), 2);
-    assert_eq!((data[0]["rating"].as_str(), data[0]["source"].as_str()), (Some("up"), Some("api")));
+    assert_eq!(
+        (data[0]["rating"].as_str(), data[0]["source"].as_str()),
+        (Some("up"), Some("api"))
+    );
     assert_eq!(data[1]["correction"], "say a2");
 
     // Another key sees nothing and cannot rate it.
@@ -83,7 +104,13 @@ async fn feedback_api(db: &TestDb) {
     assert_eq!(status, StatusCode::NOT_FOUND);
     assert_envelope(&body, None);
     let bad_rating = json!({"response_id": first.response_id, "rating": "meh"}).to_string();
-    let (status, body) = call(&alice, "POST", "/v1/feedback", Some(bad_rating.into_bytes())).await;
+    let (status, body) = call(
+        &alice,
+        "POST",
+        "/v1/feedback",
+        Some(bad_rating.into_bytes()),
+    )
+    .await;
     assert_eq!(status, StatusCode::BAD_REQUEST);
     assert_envelope(&body, Some("rating"));
     let (status, body) = call(&alice, "GET", "/v1/feedback", None).await;
@@ -123,8 +150,12 @@ async fn sessions_api_and_delete(db: &TestDb) {
 
     let (status, listed) = call(&alice, "GET", "/v1/sessions", None).await;
     assert_eq!(status, StatusCode::OK);
-    let ids: Vec<String> = listed["data"].as_array().unwrap().iter()
-        .map(|s| s["id"].as_str().unwrap().to_string()).collect();
+    let ids: Vec<String> = listed["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["id"].as_str().unwrap().to_string())
+        .collect();
     assert_eq!(ids.len(), 2);
     let (_, bob_list) = call(&bob, "GET", "/v1/sessions", None).await;
     assert_eq!(bob_list["data"], json!([]));
@@ -134,7 +165,10 @@ async fn sessions_api_and_delete(db: &TestDb) {
         let (status, detail) = call(&alice, "GET", &format!("/v1/sessions/{id}"), None).await;
         assert_eq!(status, StatusCode::OK);
         let turns = detail["turns"].as_array().unwrap();
-        assert!(turns[0].get("token_ids").is_none(), "no token arrays over HTTP");
+        assert!(
+            turns[0].get("token_ids").is_none(),
+            "no token arrays over HTTP"
+        );
         assert_eq!(turns[0]["judgement"]["judge"], "test-judge");
         assert_eq!(turns[0]["reward"], 0.5);
         if turns[0]["response"]["content"] == "rd0" {
@@ -151,7 +185,11 @@ async fn sessions_api_and_delete(db: &TestDb) {
     assert_envelope(&body, None);
     let (status, _) = call(&bob, "DELETE", &format!("/v1/sessions/{doomed_id}"), None).await;
     assert_eq!(status, StatusCode::NOT_FOUND);
-    assert_eq!(store.count("turns").await.unwrap(), 7, "bob deleted nothing");
+    assert_eq!(
+        store.count("turns").await.unwrap(),
+        7,
+        "bob deleted nothing"
+    );
 
     let (status, body) = call(&alice, "DELETE", &format!("/v1/sessions/{doomed_id}"), None).await;
     assert_eq!(status, StatusCode::OK);
@@ -176,19 +214,33 @@ both_backends!(session_routes, sessions_api_and_delete);
 #[tokio::test]
 async fn malformed_and_huge_feedback_bodies_never_reach_the_store() {
     let dir = tempfile::tempdir().unwrap();
-    let store = Store::connect(Some("postgres://postgres@127.0.0.1:1/unreachable"), dir.path())
-        .await
-        .unwrap();
+    let store = Store::connect(
+        Some("postgres://postgres@127.0.0.1:1/unreachable"),
+        dir.path(),
+    )
+    .await
+    .unwrap();
     let app = app(&store, Some("k"));
     let cases: Vec<(Vec<u8>, StatusCode)> = vec![
         (b"{not json".to_vec(), StatusCode::BAD_REQUEST),
         (b"[]".to_vec(), StatusCode::BAD_REQUEST),
-        (br#"{"response_id": 5, "rating": "up"}"#.to_vec(), StatusCode::BAD_REQUEST),
-        (br#"{"rating": "up"}"#.to_vec(), StatusCode::BAD_REQUEST),
-        (br#"{"response_id": "x", "rating": "up", "extra": 1}"#.to_vec(), StatusCode::BAD_REQUEST),
-        (br#"{"response_id": "x", "rating": "UP"}"#.to_vec(), StatusCode::BAD_REQUEST),
         (
-            json!({"response_id": "x", "rating": "up", "correction": "y".repeat(40_000)}).to_string().into_bytes(),
+            br#"{"response_id": 5, "rating": "up"}"#.to_vec(),
+            StatusCode::BAD_REQUEST,
+        ),
+        (br#"{"rating": "up"}"#.to_vec(), StatusCode::BAD_REQUEST),
+        (
+            br#"{"response_id": "x", "rating": "up", "extra": 1}"#.to_vec(),
+            StatusCode::BAD_REQUEST,
+        ),
+        (
+            br#"{"response_id": "x", "rating": "UP"}"#.to_vec(),
+            StatusCode::BAD_REQUEST,
+        ),
+        (
+            json!({"response_id": "x", "rating": "up", "correction": "y".repeat(40_000)})
+                .to_string()
+                .into_bytes(),
             StatusCode::BAD_REQUEST,
         ),
         (vec![b' '; 1 << 20], StatusCode::PAYLOAD_TOO_LARGE),

@@ -23,14 +23,20 @@ async fn turn_rows_and_explicit_sessions(db: &TestDb) {
     let s1 = store.session(Some("k1"), "s1").await.unwrap().expect("s1");
     assert!(s1.session.explicit);
     let ids: Vec<_> = s1.turns.iter().map(|t| t.response_id.as_str()).collect();
-    assert_eq!(ids, [first.response_id.as_str(), second.response_id.as_str()]);
+    assert_eq!(
+        ids,
+        [first.response_id.as_str(), second.response_id.as_str()]
+    );
     assert_eq!(s1.turns[0].response.content, "hello");
     assert_eq!(s1.turns[0].messages, json!([user("hi")]));
     assert_eq!(s1.turns[0].policy_version, 3);
     assert_eq!(s1.turns[0].usage.prompt_tokens, 4);
     assert_eq!(s1.turns[0].time_to_first_token_ms, Some(7));
     // A named session whose client sends only the new message: the reply is the next state.
-    let next = s1.turns[0].next_state.as_ref().expect("next state of turn 1");
+    let next = s1.turns[0]
+        .next_state
+        .as_ref()
+        .expect("next state of turn 1");
     assert_eq!(next[0].content, "only the new message");
 
     // Token ids and behaviour log-probs survive exactly.
@@ -72,9 +78,17 @@ async fn linking_resent_histories(db: &TestDb) {
     for summary in &k1 {
         assert!(!summary.explicit);
         assert!(summary.id.starts_with("sess_"));
-        let detail = store.session(Some("k1"), &summary.id).await.unwrap().unwrap();
+        let detail = store
+            .session(Some("k1"), &summary.id)
+            .await
+            .unwrap()
+            .unwrap();
         assert_eq!(detail.turns.len(), 4);
-        let prefix = if detail.turns[0].response.content == "ra0" { "a" } else { "b" };
+        let prefix = if detail.turns[0].response.content == "ra0" {
+            "a"
+        } else {
+            "b"
+        };
         for (i, t) in detail.turns.iter().enumerate() {
             assert_eq!(t.seq, i as i64 + 1);
             assert_eq!(t.response.content, format!("r{prefix}{i}"));
@@ -92,7 +106,11 @@ async fn linking_resent_histories(db: &TestDb) {
     let k2 = store.sessions(Some("k2"), 100).await.unwrap();
     assert_eq!(k2.len(), 1);
     assert!(k1.iter().all(|s| s.id != k2[0].id));
-    assert!(store.session(Some("k1"), &k2[0].id).await.unwrap().is_none());
+    assert!(store
+        .session(Some("k1"), &k2[0].id)
+        .await
+        .unwrap()
+        .is_none());
 
     // A request that matches nothing starts a new session; whitespace does not matter.
     let mut edited = a.history.clone();
@@ -138,10 +156,16 @@ async fn tool_results_thumbs_and_done(db: &TestDb) {
 
     let sessions = store.sessions(None, 10).await.unwrap();
     assert_eq!(sessions.len(), 2, "a closed session takes no more turns");
-    let closed = sessions.iter().find(|s| s.closed_at.is_some()).expect("closed session");
+    let closed = sessions
+        .iter()
+        .find(|s| s.closed_at.is_some())
+        .expect("closed session");
     let detail = store.session(None, &closed.id).await.unwrap().unwrap();
     assert_eq!(detail.turns.len(), 3);
-    let tool_next = detail.turns[0].next_state.as_ref().expect("tool result as next state");
+    let tool_next = detail.turns[0]
+        .next_state
+        .as_ref()
+        .expect("tool result as next state");
     assert_eq!(tool_next[0].role, "tool");
     assert_eq!(tool_next[0].content, "sunny, 21C");
     assert_eq!(tool_next[0].message["tool_call_id"], "call_1");
@@ -149,8 +173,14 @@ async fn tool_results_thumbs_and_done(db: &TestDb) {
     // The thumbs message is feedback on the turn it follows, and is still logged as a turn.
     let feedback = &detail.turns[1].feedback;
     assert_eq!(feedback.len(), 1);
-    assert_eq!((feedback[0].rating.as_str(), feedback[0].source.as_str()), ("up", "chat"));
-    assert_eq!(detail.turns[1].next_state.as_ref().unwrap()[0].content, " 👍 ");
+    assert_eq!(
+        (feedback[0].rating.as_str(), feedback[0].source.as_str()),
+        ("up", "chat")
+    );
+    assert_eq!(
+        detail.turns[1].next_state.as_ref().unwrap()[0].content,
+        " 👍 "
+    );
     assert_eq!(detail.turns[2].response_id, third.response_id);
     assert!(detail.turns[2].feedback.is_empty());
     assert!(detail.turns[2].next_state.is_none());
@@ -168,13 +198,21 @@ async fn replayed_turns_are_idempotent(db: &TestDb) {
     assert_eq!(store.count("turns").await.unwrap(), 1);
     store.shutdown().await;
     // After shutdown, records go to the journal and are replayed at the next start.
-    let late = turn(Some("k"), vec![user("q"), assistant("a"), user("late")], "b");
+    let late = turn(
+        Some("k"),
+        vec![user("q"), assistant("a"), user("late")],
+        "b",
+    );
     store.record(late.clone());
     assert_eq!(store.health().journal_rows, 1);
     let reopened = db.open().await;
     settle(&reopened).await;
     assert_eq!(reopened.count("turns").await.unwrap(), 2);
-    assert_eq!(reopened.count("sessions").await.unwrap(), 1, "late turn linked after replay");
+    assert_eq!(
+        reopened.count("sessions").await.unwrap(),
+        1,
+        "late turn linked after replay"
+    );
     assert_eq!(reopened.count("next_states").await.unwrap(), 1);
     reopened.shutdown().await;
 }

@@ -20,10 +20,18 @@ fn cluster_version() -> String {
 
 fn pg_ctl(action: &str) -> bool {
     Command::new("pg_ctlcluster")
-        .args(["--skip-systemctl-redirect", &cluster_version(), "main", action])
+        .args([
+            "--skip-systemctl-redirect",
+            &cluster_version(),
+            "main",
+            action,
+        ])
         .status()
         .is_ok_and(|s| s.success())
 }
+
+/// The outage test stops the server: the tests of this file never overlap.
+static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 /// Starts PostgreSQL again if the test leaves it down, even when the test panics: other
 /// tests on this machine share the server.
@@ -39,6 +47,7 @@ impl Drop for RestartGuard {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn postgres_restart_mid_run_loses_no_turn() {
+    let _serial = SERIAL.lock().await;
     let _guard = RestartGuard;
     let db = TestDb::new(Backend::Postgres).await;
     let store = db.open().await;
@@ -79,17 +88,27 @@ async fn postgres_restart_mid_run_loses_no_turn() {
         "run took {:?}, saw the database down: {saw_down}, peak journal rows {peak_journal}",
         started.elapsed()
     );
-    assert!(saw_down && peak_journal > 0, "the outage never reached the write path");
-    assert_eq!(store.count("turns").await.unwrap(), (CONVERSATIONS * TURNS_EACH) as i64);
+    assert!(
+        saw_down && peak_journal > 0,
+        "the outage never reached the write path"
+    );
+    assert_eq!(
+        store.count("turns").await.unwrap(),
+        (CONVERSATIONS * TURNS_EACH) as i64
+    );
     // Order survived the outage: every conversation is still one session.
     assert_eq!(store.count("sessions").await.unwrap(), CONVERSATIONS as i64);
-    assert_eq!(store.count("next_states").await.unwrap(), (CONVERSATIONS * (TURNS_EACH - 1)) as i64);
+    assert_eq!(
+        store.count("next_states").await.unwrap(),
+        (CONVERSATIONS * (TURNS_EACH - 1)) as i64
+    );
     assert!(store.health().connected);
     store.shutdown().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn journal_of_a_killed_store_is_replayed_at_next_start() {
+    let _serial = SERIAL.lock().await;
     let db = TestDb::new(Backend::Postgres).await;
     let mut config = db.config();
     config.database_url = Some("postgres://postgres@127.0.0.1:1/down".into());
@@ -98,7 +117,9 @@ async fn journal_of_a_killed_store_is_replayed_at_next_start() {
     let health = std::thread::spawn(move || {
         let rt = tokio::runtime::Runtime::new().unwrap();
         rt.block_on(async {
-            let store = hindsight::store::Store::open(config).await.expect("opens with the database down");
+            let store = hindsight::store::Store::open(config)
+                .await
+                .expect("opens with the database down");
             let mut a = Conversation::new(Some("k"), "a");
             let mut b = Conversation::new(Some("k"), "b");
             for i in 0..TURNS / 2 {
@@ -122,7 +143,10 @@ async fn journal_of_a_killed_store_is_replayed_at_next_start() {
     settle(&store).await;
     assert_eq!(store.count("turns").await.unwrap(), TURNS as i64);
     assert_eq!(store.count("sessions").await.unwrap(), 2);
-    assert_eq!(store.count("next_states").await.unwrap(), (TURNS - 2) as i64);
+    assert_eq!(
+        store.count("next_states").await.unwrap(),
+        (TURNS - 2) as i64
+    );
     assert_eq!(store.health().journal_rows, 0);
     assert!(!db.dir.path().join("journal.jsonl").exists());
     store.shutdown().await;

@@ -112,7 +112,10 @@ async fn create(
         )
     })?;
     if body.response_id.is_empty() {
-        return Err(ApiError::invalid("response_id is empty", Some("response_id")));
+        return Err(ApiError::invalid(
+            "response_id is empty",
+            Some("response_id"),
+        ));
     }
     if let Some(c) = &body.correction {
         if c.chars().count() > MAX_CORRECTION_CHARS {

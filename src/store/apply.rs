@@ -7,7 +7,9 @@ use std::collections::HashSet;
 use serde_json::Value;
 use sqlx::types::Json;
 
-use super::canonical::{chat_rating, content_text, hash_messages, link_hash, split_trailing_replies};
+use super::canonical::{
+    chat_rating, content_text, hash_messages, link_hash, split_trailing_replies,
+};
 use super::capture::{CapturedTurn, TurnType};
 use super::ops::{f32s_to_bytes, u32s_to_bytes, FeedbackSource, NewFeedback, Rating, WriteOp};
 

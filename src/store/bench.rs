@@ -34,7 +34,11 @@ pub struct Report {
 }
 
 /// A realistic turn: a few hundred prompt tokens, 64 generated with log-probs.
-pub fn synthetic_turn(conversation: &str, index: usize, history: &[serde_json::Value]) -> CapturedTurn {
+pub fn synthetic_turn(
+    conversation: &str,
+    index: usize,
+    history: &[serde_json::Value],
+) -> CapturedTurn {
     let mut messages = history.to_vec();
     messages.push(json!({"role": "user", "content": format!("{conversation}: question {index} about something specific")}));
     CapturedTurn {
@@ -110,7 +114,10 @@ pub async fn logging_throughput(
                 store.record(turn);
                 latencies.push(t.elapsed());
                 if i % 64 == 0 {
-                    peak_journal.fetch_max(store.health().journal_rows, std::sync::atomic::Ordering::Relaxed);
+                    peak_journal.fetch_max(
+                        store.health().journal_rows,
+                        std::sync::atomic::Ordering::Relaxed,
+                    );
                     tokio::task::yield_now().await;
                 }
             }
@@ -126,7 +133,10 @@ pub async fn logging_throughput(
     }
     store.flush().await;
     while store.health().journal_rows > 0 {
-        peak_journal.fetch_max(store.health().journal_rows, std::sync::atomic::Ordering::Relaxed);
+        peak_journal.fetch_max(
+            store.health().journal_rows,
+            std::sync::atomic::Ordering::Relaxed,
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
         store.flush().await;
     }

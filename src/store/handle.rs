@@ -60,7 +60,9 @@ pub struct Store {
 
 impl std::fmt::Debug for Store {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Store").field("health", &self.health()).finish()
+        f.debug_struct("Store")
+            .field("health", &self.health())
+            .finish()
     }
 }
 

@@ -211,7 +211,11 @@ fn read_ops(path: &Path) -> Result<Vec<Sequenced>, StoreError> {
         }
         match serde_json::from_str::<Sequenced>(&line) {
             Ok(op) => ops.push(op),
-            Err(e) => tracing::warn!("{}:{}: skipping unreadable line: {e}", path.display(), n + 1),
+            Err(e) => tracing::warn!(
+                "{}:{}: skipping unreadable line: {e}",
+                path.display(),
+                n + 1
+            ),
         }
     }
     Ok(ops)

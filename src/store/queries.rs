@@ -8,8 +8,8 @@ use sqlx::Row;
 
 use super::ops::{bytes_to_f32s, bytes_to_u32s, NewFeedback};
 use super::views::{
-    FeedbackView, JudgementView, NextStateView, ResponseView, SessionSummary, TokensView,
-    TurnView, UsageView,
+    FeedbackView, JudgementView, NextStateView, ResponseView, SessionSummary, TokensView, TurnView,
+    UsageView,
 };
 
 type Time = chrono::DateTime<chrono::Utc>;
@@ -25,7 +25,8 @@ pub const COUNTABLE: &[&str] = &[
     "training_samples",
 ];
 
-const SESSION_COLUMNS: &str = "id, session_id, explicit, turn_count, created_at, updated_at, closed_at";
+const SESSION_COLUMNS: &str =
+    "id, session_id, explicit, turn_count, created_at, updated_at, closed_at";
 
 const TURN_COLUMNS: &str = "id, response_id, seq, turn_type, endpoint, model, messages, tools, \
     prompt_token_ids, response_text, response_tool_calls, finish_reason, response_token_ids, \

@@ -82,7 +82,10 @@ impl Store {
         let Some(turn_id) = dispatch!(self.db(), queries::turn_for_key(response_id, key))? else {
             return Ok(None);
         };
-        Ok(Some(dispatch!(self.db(), queries::feedback_for_turn(turn_id))?))
+        Ok(Some(dispatch!(
+            self.db(),
+            queries::feedback_for_turn(turn_id)
+        )?))
     }
 
     pub async fn sessions(
@@ -119,7 +122,10 @@ impl Store {
     ) -> Result<bool, StoreError> {
         self.flush_for_read().await;
         let key = key.unwrap_or("");
-        Ok(dispatch!(self.db(), queries::delete_session(key, session_id))?)
+        Ok(dispatch!(
+            self.db(),
+            queries::delete_session(key, session_id)
+        )?)
     }
 
     /// Sessions of every key for export: all, one id, or those active since a time.
@@ -128,7 +134,10 @@ impl Store {
         since: Option<Time>,
         session_id: Option<&str>,
     ) -> Result<Vec<(i64, SessionSummary)>, StoreError> {
-        Ok(dispatch!(self.db(), queries::export_sessions(since, session_id))?)
+        Ok(dispatch!(
+            self.db(),
+            queries::export_sessions(since, session_id)
+        )?)
     }
 
     /// A session's turns with token ids and log-probs, for export and the learner.
@@ -137,7 +146,10 @@ impl Store {
         session_pk: i64,
         since: Option<Time>,
     ) -> Result<Vec<TurnView>, StoreError> {
-        Ok(dispatch!(self.db(), queries::session_turns(session_pk, since, true))?)
+        Ok(dispatch!(
+            self.db(),
+            queries::session_turns(session_pk, since, true)
+        )?)
     }
 
     /// Row count of a table in `queries::COUNTABLE` (tests, benchmarks, metrics).

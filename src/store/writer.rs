@@ -170,8 +170,9 @@ impl Writer {
     }
 
     fn until_probe(&self) -> Duration {
-        self.down_until
-            .map_or(Duration::ZERO, |t| t.saturating_duration_since(Instant::now()))
+        self.down_until.map_or(Duration::ZERO, |t| {
+            t.saturating_duration_since(Instant::now())
+        })
     }
 
     /// Ready to talk to the database: not inside a down window, migrations applied.
@@ -272,7 +273,10 @@ impl Writer {
         tracing::warn!("store: batch rejected ({batch_err}); writing its ops one by one");
         for (i, op) in ops.iter().enumerate() {
             let one = std::slice::from_ref(&op.op);
-            match dispatch!(&self.shared.db, apply::apply_batch(one, true, &self.known_keys)) {
+            match dispatch!(
+                &self.shared.db,
+                apply::apply_batch(one, true, &self.known_keys)
+            ) {
                 Ok(applied) => self.known_keys.extend(applied.new_keys),
                 Err(err) if is_transient(&err) => {
                     self.mark_down(&err);

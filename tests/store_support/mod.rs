@@ -69,11 +69,15 @@ impl TestDb {
     pub async fn exec(&self, sql: &str) {
         match self.backend {
             Backend::Postgres => {
-                let mut conn = sqlx::PgConnection::connect(&self.url).await.expect("connect");
+                let mut conn = sqlx::PgConnection::connect(&self.url)
+                    .await
+                    .expect("connect");
                 sqlx::query(sql).execute(&mut conn).await.expect(sql);
             }
             Backend::Sqlite => {
-                let mut conn = sqlx::SqliteConnection::connect(&self.url).await.expect("connect");
+                let mut conn = sqlx::SqliteConnection::connect(&self.url)
+                    .await
+                    .expect("connect");
                 sqlx::query(sql).execute(&mut conn).await.expect(sql);
             }
         }
@@ -82,12 +86,22 @@ impl TestDb {
     pub async fn scalar(&self, sql: &str) -> i64 {
         match self.backend {
             Backend::Postgres => {
-                let mut conn = sqlx::PgConnection::connect(&self.url).await.expect("connect");
-                sqlx::query_scalar(sql).fetch_one(&mut conn).await.expect(sql)
+                let mut conn = sqlx::PgConnection::connect(&self.url)
+                    .await
+                    .expect("connect");
+                sqlx::query_scalar(sql)
+                    .fetch_one(&mut conn)
+                    .await
+                    .expect(sql)
             }
             Backend::Sqlite => {
-                let mut conn = sqlx::SqliteConnection::connect(&self.url).await.expect("connect");
-                sqlx::query_scalar(sql).fetch_one(&mut conn).await.expect(sql)
+                let mut conn = sqlx::SqliteConnection::connect(&self.url)
+                    .await
+                    .expect("connect");
+                sqlx::query_scalar(sql)
+                    .fetch_one(&mut conn)
+                    .await
+                    .expect(sql)
             }
         }
     }
@@ -98,13 +112,17 @@ impl Drop for TestDb {
         if let Some(name) = self.pg_name.take() {
             // Drop runs outside async: a helper thread with its own runtime drops the database.
             let _ = std::thread::spawn(move || {
-                let rt = tokio::runtime::Builder::new_current_thread().enable_all().build();
+                let rt = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build();
                 if let Ok(rt) = rt {
                     rt.block_on(async {
                         if let Ok(mut admin) = sqlx::PgConnection::connect(PG_ADMIN_URL).await {
-                            let _ = sqlx::query(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
-                                .execute(&mut admin)
-                                .await;
+                            let _ = sqlx::query(&format!(
+                                "DROP DATABASE IF EXISTS {name} WITH (FORCE)"
+                            ))
+                            .execute(&mut admin)
+                            .await;
                         }
                     });
                 }
