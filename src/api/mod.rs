@@ -25,3 +25,5 @@ pub use app::{app, app_with_routes, AppState, ReadinessProbe, ServerConfig};
 pub use auth::ApiKeys;
 pub use error::ApiError;
 pub use shutdown::ShutdownHooks;
+pub mod feedback;
+pub mod sessions;

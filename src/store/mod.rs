@@ -1,6 +1,25 @@
 //! Persistence (sqlx: Postgres, or embedded SQLite): turns, sessions, next states, feedback and
 //! what the learner derives. Serving only ever enqueues; it never waits on the database.
 
+pub mod apply;
+pub mod bench;
+pub mod canonical;
 pub mod capture;
+pub mod db;
+pub mod error;
+pub mod export;
+pub mod handle;
+pub mod journal;
+pub mod ops;
+pub mod queries;
+pub mod reads;
+pub mod views;
+pub mod writer;
 
 pub use capture::*;
+pub use error::StoreError;
+pub use handle::{Store, StoreConfig, StoreHealth};
+pub use ops::{FeedbackSource, NewFeedback, Rating};
+pub use reads::FeedbackOutcome;
+pub use views::*;
+pub use writer::WriterConfig;
