@@ -44,6 +44,10 @@ pub trait ReadinessProbe: Send + Sync + 'static {
     fn name(&self) -> &str;
     /// Err explains what is not ready.
     fn check(&self) -> Result<(), String>;
+    /// State shown beside the verdict on /readyz (e.g. the store's queue and journal).
+    fn detail(&self) -> serde_json::Value {
+        serde_json::Value::Null
+    }
 }
 
 /// Shared by every handler.

@@ -229,6 +229,7 @@ pub async fn completions(
         prompt_tokens: prompt_tokens.clone(),
         sampling,
         stop: StopCriteria {
+            ignore_eos: false,
             max_tokens,
             stop_strings,
             stop_token_ids: Vec::new(),

@@ -116,6 +116,7 @@ pub fn prepare_chat(
         prompt_tokens: prompt_tokens.clone(),
         sampling,
         stop: StopCriteria {
+            ignore_eos: false,
             max_tokens,
             stop_strings,
             stop_token_ids: Vec::new(),

@@ -56,7 +56,13 @@ pub async fn readyz(State(state): State<AppState>) -> Response {
                 reason
             }
         };
-        checks.insert(probe.name().to_string(), json!(status));
+        let detail = probe.detail();
+        let entry = if detail.is_null() {
+            json!(status)
+        } else {
+            json!({"status": status, "detail": detail})
+        };
+        checks.insert(probe.name().to_string(), entry);
     }
     let status = if ready {
         StatusCode::OK

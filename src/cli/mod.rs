@@ -6,3 +6,4 @@ pub mod export;
 pub mod import_gguf;
 pub mod model_args;
 pub mod serve;
+pub mod serve_store;

@@ -10,9 +10,11 @@ use anyhow::Context;
 use serde::Deserialize;
 
 use crate::api::server::{serve, shutdown_signal};
-use crate::api::{app, ApiKeys, AppState, ServerConfig, ShutdownHooks};
+use crate::api::{app_with_routes, ApiKeys, AppState, ServerConfig, ShutdownHooks};
 use crate::engine::{Backend, EngineOptions, LocalEngine};
-use crate::store::DiscardTurns;
+use crate::store::Store;
+
+use super::serve_store::{publish_store_gauges, StoreProbe};
 
 #[derive(Debug, Clone, Default, clap::Args)]
 pub struct Args {
@@ -249,13 +251,11 @@ pub fn model_name_of(dir: &Path) -> String {
         .unwrap_or_else(|| "hindsight".into())
 }
 
-/// The model directory to serve.
+/// The model directory to serve: `--model`, or the bundled default model (imported into the
+/// data dir on first use).
 pub fn resolve_model_dir(config: &ServeConfig) -> anyhow::Result<PathBuf> {
     let Some(dir) = &config.model else {
-        anyhow::bail!(
-            "no model given: pass --model DIR (or HINDSIGHT_MODEL, or `model` in the config \
-             file) with a Hugging Face model directory (config.json, *.safetensors, tokenizer.json)"
-        );
+        return crate::model::default_model::default_model_dir(&config.data_dir);
     };
     if !dir.join("config.json").is_file() {
         anyhow::bail!(
@@ -267,11 +267,11 @@ pub fn resolve_model_dir(config: &ServeConfig) -> anyhow::Result<PathBuf> {
 }
 
 /// Loads the model on its serving thread.
-fn start_local_engine(options: EngineOptions) -> anyhow::Result<Arc<dyn Backend>> {
-    // Merge seam: becomes `Ok(Arc::new(LocalEngine::start(options)?))` once this branch has
-    // the engine's `impl Backend for LocalEngine`.
-    LocalEngine::start(options)?;
-    anyhow::bail!("the local engine does not implement Backend on this branch")
+async fn start_local_engine(options: EngineOptions) -> anyhow::Result<Arc<dyn Backend>> {
+    let engine = tokio::task::spawn_blocking(move || LocalEngine::start(options))
+        .await
+        .context("the model loader stopped")??;
+    Ok(Arc::new(engine))
 }
 
 pub fn init_tracing() {
@@ -292,21 +292,35 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             .await
             .with_context(|| format!("listening on {}", config.bind))?;
         tracing::info!(model = %model_dir.display(), device = %config.device, dtype = %config.dtype, "loading the model");
-        let backend = start_local_engine(config.engine_options(model_dir))?;
+        let store = Store::connect(config.database_url.as_deref(), &config.data_dir)
+            .await
+            .context("opening the store")?;
+        tracing::info!(backend = store.backend(), "store opened");
+        let backend = start_local_engine(config.engine_options(model_dir)).await?;
         let keys = ApiKeys::new(&config.api_keys);
-        let state = AppState::new(backend, Arc::new(DiscardTurns))
+        let state = AppState::new(backend, Arc::new(store.clone()))
             .with_keys(keys)
             .with_config(ServerConfig {
                 max_body_bytes: config.max_body_bytes,
-            });
+            })
+            .with_probe(Arc::new(StoreProbe(store.clone())));
+        let routes = crate::api::feedback::router(store.clone())
+            .merge(crate::api::sessions::router(store.clone()));
+        let gauges = tokio::spawn(publish_store_gauges(store.clone()));
         let hooks = ShutdownHooks::new();
+        hooks.add("turn store", move || {
+            Box::pin(async move {
+                gauges.abort();
+                store.shutdown().await;
+            })
+        });
         tracing::info!(
             addr = %listener.local_addr()?,
             model = %state.backend.info().id,
             auth = if config.api_keys.is_empty() { "off (loopback only)" } else { "bearer keys" },
             "serving the OpenAI-compatible API"
         );
-        serve(listener, app(state), hooks, shutdown_signal())
+        serve(listener, app_with_routes(state, routes), hooks, shutdown_signal())
             .await
             .context("serving HTTP")
     })
