@@ -21,4 +21,4 @@ export HINDSIGHT_TEST_DATABASE_URL=${HINDSIGHT_TEST_DATABASE_URL:-postgres://pos
 
 # Heavy tests (python references, the real model) share 2 cores: run test binaries one by one.
 cargo build --all-targets
-cargo test --all-targets -- --test-threads="${HINDSIGHT_TEST_THREADS:-2}"
+cargo test --all-targets --no-fail-fast -- --test-threads="${HINDSIGHT_TEST_THREADS:-2}"

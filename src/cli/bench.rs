@@ -19,6 +19,26 @@ pub struct Args {
 pub enum Which {
     /// Decode and prefill speed of the engine on CPU, side by side with HF transformers.
     Engine(EngineArgs),
+    /// Latency the HTTP layer adds over direct engine calls, on the real model.
+    Proxy(ProxyArgs),
+}
+
+#[derive(Debug, clap::Args)]
+pub struct ProxyArgs {
+    #[command(flatten)]
+    pub model: ModelArgs,
+    /// Sequential requests per path (max_tokens=1).
+    #[arg(long, default_value_t = 200)]
+    pub requests: usize,
+    /// Concurrent connections for the requests/s run.
+    #[arg(long, default_value_t = 64)]
+    pub concurrency: usize,
+    /// Requests in the requests/s run.
+    #[arg(long, default_value_t = 640)]
+    pub concurrent_requests: usize,
+    /// Sequences decoding together in the engine.
+    #[arg(long, default_value_t = 8)]
+    pub max_batch: usize,
 }
 
 #[derive(Debug, clap::Args)]
@@ -42,7 +62,28 @@ pub struct EngineArgs {
 pub fn run(args: Args) -> anyhow::Result<()> {
     match args.which {
         Which::Engine(args) => super::bench_engine::run(args),
+        Which::Proxy(args) => run_proxy(args),
     }
+}
+
+fn run_proxy(args: ProxyArgs) -> anyhow::Result<()> {
+    let mut options = args.model.engine_options()?;
+    options.max_batch = args.max_batch;
+    options.queue_capacity = args.concurrent_requests.max(args.concurrency) * 2;
+    let engine: std::sync::Arc<dyn crate::engine::Backend> =
+        std::sync::Arc::new(LocalEngine::start(options)?);
+    let runtime = tokio::runtime::Runtime::new()?;
+    let report = runtime.block_on(crate::api::bench::proxy_overhead(
+        engine,
+        crate::api::bench::OverheadOptions {
+            requests: args.requests,
+            concurrency: args.concurrency,
+            concurrent_requests: args.concurrent_requests,
+            ..Default::default()
+        },
+    ))?;
+    println!("{report}");
+    Ok(())
 }
 
 /// Peak resident memory of this process so far, in MiB (VmHWM).

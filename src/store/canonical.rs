@@ -28,16 +28,34 @@ fn canonical_message(role: &str, content: &Value, tool_calls: Option<&Value>) ->
     ])
 }
 
-/// Arguments are a JSON string; re-serialising parsed JSON removes formatting differences
-/// (serde_json's map is ordered by key).
+/// Arguments are a JSON string; re-serialising parsed JSON with sorted keys removes
+/// formatting and key-order differences (serde_json keeps insertion order in this crate).
 fn canonical_arguments(arguments: Option<&Value>) -> String {
     match arguments {
         Some(Value::String(s)) => match serde_json::from_str::<Value>(s) {
-            Ok(parsed) => parsed.to_string(),
+            Ok(parsed) => sorted_keys(&parsed).to_string(),
             Err(_) => normalize_whitespace(s),
         },
         Some(Value::Null) | None => String::new(),
-        Some(other) => other.to_string(),
+        Some(other) => sorted_keys(other).to_string(),
+    }
+}
+
+/// A copy of `value` whose objects list their keys in sorted order, at every depth.
+fn sorted_keys(value: &Value) -> Value {
+    match value {
+        Value::Object(map) => {
+            let mut entries: Vec<(&String, &Value)> = map.iter().collect();
+            entries.sort_by(|a, b| a.0.cmp(b.0));
+            Value::Object(
+                entries
+                    .into_iter()
+                    .map(|(k, v)| (k.clone(), sorted_keys(v)))
+                    .collect(),
+            )
+        }
+        Value::Array(items) => Value::Array(items.iter().map(sorted_keys).collect()),
+        other => other.clone(),
     }
 }
 
@@ -59,7 +77,7 @@ pub fn content_text(content: &Value) -> String {
             .collect::<Vec<_>>()
             .join("\n"),
         Value::Null => String::new(),
-        other => other.to_string(),
+        other => sorted_keys(other).to_string(),
     }
 }
 
