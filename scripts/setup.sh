@@ -24,7 +24,12 @@ for spec in sys.argv[1:]:
         sys.exit(1)
 PYEOF
 }
-PKGS=(torch==2.13.0 transformers gguf accelerate safetensors numpy openai peft)
+# HINDSIGHT_SETUP_MINIMAL=1 (the Dockerfile): only what building and serving need.
+if [ "${HINDSIGHT_SETUP_MINIMAL:-0}" = 1 ]; then
+  PKGS=(torch==2.13.0)
+else
+  PKGS=(torch==2.13.0 transformers gguf accelerate safetensors numpy openai peft)
+fi
 if ! want "${PKGS[@]}"; then
   echo "setup: installing python packages (torch is ~4.7 GB the first time)"
   "$VENV/bin/pip" install -q --disable-pip-version-check "${PKGS[@]}"

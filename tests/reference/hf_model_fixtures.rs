@@ -21,10 +21,18 @@ fn fixture_root() -> PathBuf {
     target.join("test-fixtures").join("model")
 }
 
-/// The directory of fixture model `name` (smollm2, qwen3, qwen2, llama3), generating all of
-/// them with transformers on first use. This is the one place to switch SmolLM2 to our own
-/// GGUF importer.
+/// The directory of fixture model `name`: smollm2 is the bundled GGUF imported by our own
+/// importer; qwen3, qwen2 and llama3 are tiny random models saved by transformers on first use.
 pub fn model_dir(name: &str) -> PathBuf {
+    if name == "smollm2" {
+        static SMOLLM2: OnceLock<PathBuf> = OnceLock::new();
+        return SMOLLM2
+            .get_or_init(|| {
+                hindsight::model::default_model::default_model_dir(&fixture_root().join("data"))
+                    .expect("the bundled GGUF imports")
+            })
+            .clone();
+    }
     static ROOT: OnceLock<PathBuf> = OnceLock::new();
     let root = ROOT.get_or_init(|| {
         let root = fixture_root();
@@ -39,6 +47,18 @@ pub fn model_dir(name: &str) -> PathBuf {
         root
     });
     root.join(name)
+}
+
+/// How the python reference loads model `name`: smollm2 straight from the bundled GGUF (so the
+/// reference never sees our import), the tiny models from their directories.
+pub fn reference_source(name: &str) -> serde_json::Value {
+    if name == "smollm2" {
+        let gguf = hindsight::model::default_model::find_bundled_gguf().expect("bundled GGUF");
+        let dir = gguf.parent().expect("GGUF has a parent dir");
+        let file = gguf.file_name().expect("GGUF has a name");
+        return serde_json::json!({"dir": dir, "gguf_file": file.to_string_lossy()});
+    }
+    serde_json::json!({ "dir": model_dir(name) })
 }
 
 /// Runs `tests/reference/<script>` with `request` on stdin and parses its JSON stdout.

@@ -18,11 +18,14 @@ def main():
     torch.set_grad_enabled(False)
     results = []
     for spec in request["models"]:
-        model = AutoModelForCausalLM.from_pretrained(spec["dir"], dtype=torch.float32)
+        # With "gguf_file", transformers dequantizes the GGUF itself: the reference never
+        # sees our importer's output.
+        source = {"gguf_file": spec["gguf_file"]} if spec.get("gguf_file") else {}
+        model = AutoModelForCausalLM.from_pretrained(spec["dir"], dtype=torch.float32, **source)
         model.eval()
         prompts = []
         if spec.get("texts"):
-            tok = AutoTokenizer.from_pretrained(spec["dir"])
+            tok = AutoTokenizer.from_pretrained(spec["dir"], **source)
             prompts += [tok(t)["input_ids"] for t in spec["texts"]]
         prompts += spec.get("prompts", [])
         out = {"prompts": prompts, "last_logits": []}
