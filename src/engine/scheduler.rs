@@ -36,12 +36,16 @@ pub trait StepModel {
     ) -> Result<Tensor, String>;
 }
 
+/// A change to the model made on the serving thread between steps; returns the new policy
+/// version.
+pub type ModelUpdate = Box<dyn FnOnce(&mut dyn StepModel) -> Result<u64, String> + Send>;
+
 /// Messages to the serving thread.
 pub enum Command {
     Generate(GenerateRequest, mpsc::Sender<GenerateEvent>),
     /// Install a new model state between steps (e.g. an adapter swap); the closure runs on the
     /// serving thread with the model, and the new policy version takes effect for new requests.
-    Update(Box<dyn FnOnce(&mut dyn StepModel) -> Result<u64, String> + Send>),
+    Update(ModelUpdate),
     Shutdown,
 }
 
