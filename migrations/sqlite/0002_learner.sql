@@ -1,0 +1,32 @@
+-- What the learner needs beyond capture: judge claims, sample kinds, version guards, serving state.
+
+-- A main turn is judgeable once it has a next state or feedback; `judged_at` older than its
+-- newest feedback makes it judgeable again (explicit feedback outranks the judge).
+ALTER TABLE turns ADD COLUMN judged_at TEXT;
+ALTER TABLE turns ADD COLUMN judge_claimed_by TEXT;
+ALTER TABLE turns ADD COLUMN judge_claim_until TEXT;
+CREATE INDEX turns_unjudged ON turns (id) WHERE judged_at IS NULL AND turn_type = 'main';
+
+ALTER TABLE judgements ADD COLUMN hint_votes TEXT;    -- every hint vote, chosen or not
+ALTER TABLE judgements ADD COLUMN source TEXT;        -- feedback | rules | local | openai
+
+ALTER TABLE training_samples ADD COLUMN kind TEXT;    -- rl | opd | both
+ALTER TABLE training_samples ADD COLUMN hint TEXT;
+CREATE INDEX training_samples_unused ON training_samples (id) WHERE used_in_step IS NULL;
+
+ALTER TABLE training_steps ADD COLUMN created_version INTEGER;
+
+ALTER TABLE policy_versions ADD COLUMN step INTEGER;
+ALTER TABLE policy_versions ADD COLUMN reason TEXT;   -- why a guard rejected it
+ALTER TABLE policy_versions ADD COLUMN guard TEXT;    -- the probe results
+
+-- One row: which version serves. pinned_version NULL = follow the latest promoted version.
+CREATE TABLE learner_state (
+    id                  INTEGER PRIMARY KEY CHECK (id = 1),
+    pinned_version      INTEGER,
+    serving_version     INTEGER NOT NULL DEFAULT 0,
+    trainer_holder      TEXT,
+    trainer_lease_until TEXT,
+    updated_at          TEXT NOT NULL
+);
+INSERT INTO learner_state (id, serving_version, updated_at) VALUES (1, 0, strftime('%Y-%m-%dT%H:%M:%fZ', 'now'));
