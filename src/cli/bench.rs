@@ -21,6 +21,8 @@ pub enum Which {
     Engine(EngineArgs),
     /// Latency the HTTP layer adds over direct engine calls, on the real model.
     Proxy(ProxyArgs),
+    /// One LoRA training step, side by side with the same step in PyTorch.
+    Train(super::bench_train::TrainArgs),
 }
 
 #[derive(Debug, clap::Args)]
@@ -63,6 +65,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     match args.which {
         Which::Engine(args) => super::bench_engine::run(args),
         Which::Proxy(args) => run_proxy(args),
+        Which::Train(args) => super::bench_train::run(args),
     }
 }
 

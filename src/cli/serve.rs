@@ -14,6 +14,7 @@ use crate::api::{app_with_routes, ApiKeys, AppState, ServerConfig, ShutdownHooks
 use crate::engine::{Backend, EngineOptions, LocalEngine};
 use crate::store::Store;
 
+use super::serve_learn::{start_learner, LearnFlags};
 use super::serve_store::{publish_store_gauges, StoreProbe};
 
 #[derive(Debug, Clone, Default, clap::Args)]
@@ -78,6 +79,8 @@ pub struct ServeFlags {
     /// Larger request bodies are refused with 413 [default: 8388608].
     #[arg(long, env = "HINDSIGHT_MAX_BODY_BYTES")]
     pub max_body_bytes: Option<usize>,
+    #[command(flatten)]
+    pub learn: LearnFlags,
 }
 
 /// The `--config` file: the same options as the flags.
@@ -96,6 +99,8 @@ pub struct FileConfig {
     pub dtype: Option<String>,
     pub device: Option<String>,
     pub max_body_bytes: Option<usize>,
+    /// The learner's options, e.g. `[learn]` / `learn_mode = "opd"`.
+    pub learn: Option<LearnFlags>,
 }
 
 /// Every option resolved.
@@ -112,6 +117,7 @@ pub struct ServeConfig {
     pub dtype: String,
     pub device: String,
     pub max_body_bytes: usize,
+    pub learn: LearnFlags,
 }
 
 impl ServeFlags {
@@ -152,6 +158,7 @@ impl ServeFlags {
                 .max_body_bytes
                 .or(file.max_body_bytes)
                 .unwrap_or(crate::api::app::DEFAULT_MAX_BODY_BYTES),
+            learn: self.learn.or(file.learn.unwrap_or_default()),
         };
         config.validate()?;
         Ok(config)
@@ -201,7 +208,7 @@ impl ServeConfig {
         if self.max_body_bytes == 0 {
             anyhow::bail!("--max-body-bytes must be at least 1");
         }
-        Ok(())
+        self.learn.validate()
     }
 
     /// The addresses `bind` names; without API keys every one must be loopback, so an
@@ -267,7 +274,7 @@ pub fn resolve_model_dir(config: &ServeConfig) -> anyhow::Result<PathBuf> {
 }
 
 /// Loads the model on its serving thread.
-async fn start_local_engine(options: EngineOptions) -> anyhow::Result<Arc<dyn Backend>> {
+async fn start_local_engine(options: EngineOptions) -> anyhow::Result<Arc<LocalEngine>> {
     let engine = tokio::task::spawn_blocking(move || LocalEngine::start(options))
         .await
         .context("the model loader stopped")??;
@@ -296,7 +303,19 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             .await
             .context("opening the store")?;
         tracing::info!(backend = store.backend(), "store opened");
-        let backend = start_local_engine(config.engine_options(model_dir)).await?;
+        let device = crate::engine::local::parse_device(&config.device)?;
+        let engine = start_local_engine(config.engine_options(model_dir.clone())).await?;
+        let learner = start_learner(
+            &config.learn,
+            &model_dir,
+            &config.data_dir,
+            device,
+            store.clone(),
+            Arc::clone(&engine),
+        )
+        .await
+        .context("starting the learner")?;
+        let backend: Arc<dyn Backend> = engine;
         let keys = ApiKeys::new(&config.api_keys);
         let state = AppState::new(backend, Arc::new(store.clone()))
             .with_keys(keys)
@@ -308,6 +327,8 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             .merge(crate::api::sessions::router(store.clone()));
         let gauges = tokio::spawn(publish_store_gauges(store.clone()));
         let hooks = ShutdownHooks::new();
+        // Registered first so that the trainer's last step is recorded before the store closes.
+        hooks.add("learner", move || Box::pin(async move { learner.shutdown().await }));
         hooks.add("turn store", move || {
             Box::pin(async move {
                 gauges.abort();

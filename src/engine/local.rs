@@ -12,6 +12,7 @@ use super::scheduler::StepModel;
 use super::types::*;
 use crate::model::chat_template::ChatTemplate;
 use crate::model::kv_cache::KvCache;
+use crate::model::peft::AdapterSnapshot;
 use crate::model::tokenizer::TextTokenizer;
 use crate::model::transformer::Transformer;
 
@@ -111,6 +112,9 @@ impl StepModel for TransformerRunner {
         self.model
             .decode(&mut self.cache, slots, tokens, use_adapter)
             .map_err(|e| e.to_string())
+    }
+    fn set_adapter(&mut self, adapter: Option<&AdapterSnapshot>) -> Result<(), String> {
+        self.model.set_adapter(adapter).map_err(|e| e.to_string())
     }
 }
 

@@ -14,6 +14,7 @@ use super::detokenize::{Decode, IncrementalText};
 use super::sampling::{sample_batch, SequenceSampler};
 use super::stop::{StopMatcher, StopOutcome};
 use super::types::*;
+use crate::model::peft::AdapterSnapshot;
 
 /// Prompt tokens prefilled per loop iteration, so one long prompt doesn't stall decoding.
 pub const PREFILL_CHUNK: usize = 512;
@@ -34,6 +35,10 @@ pub trait StepModel {
         tokens: &[u32],
         use_adapter: &[bool],
     ) -> Result<Tensor, String>;
+    /// Installs (Some) or removes (None) the serving adapter.
+    fn set_adapter(&mut self, _adapter: Option<&AdapterSnapshot>) -> Result<(), String> {
+        Err("this model does not take adapters".into())
+    }
 }
 
 /// A change to the model made on the serving thread between steps; returns the new policy

@@ -105,11 +105,7 @@ impl Trainer {
             None => TrainableAdapter::new(model.config(), config.lora.clone(), device)?,
         };
         model.attach_trainable(&adapter)?;
-        let optimizer = nn::AdamW {
-            wd: config.weight_decay,
-            ..Default::default()
-        }
-        .build(adapter.var_store(), config.lr)?;
+        let optimizer = build_optimizer(&adapter, &config)?;
         Ok(Self {
             model,
             adapter,
@@ -135,6 +131,20 @@ impl Trainer {
 
     pub fn template(&self) -> &ChatTemplate {
         &self.template
+    }
+
+    /// Starts over from `snapshot` (None: a fresh adapter) with a fresh optimizer, e.g. after
+    /// the guard rejected what training produced.
+    pub fn reset_to(&mut self, snapshot: Option<&AdapterSnapshot>) -> anyhow::Result<()> {
+        let device = self.model.device();
+        let adapter = match snapshot {
+            Some(s) => TrainableAdapter::from_snapshot(self.model.config(), s, device)?,
+            None => TrainableAdapter::new(self.model.config(), self.config.lora.clone(), device)?,
+        };
+        self.model.attach_trainable(&adapter)?;
+        self.optimizer = build_optimizer(&adapter, &self.config)?;
+        self.adapter = adapter;
+        Ok(())
     }
 
     pub fn snapshot(&self) -> AdapterSnapshot {
@@ -350,6 +360,17 @@ impl Trainer {
         }
         norm
     }
+}
+
+fn build_optimizer(
+    adapter: &TrainableAdapter,
+    config: &TrainerConfig,
+) -> anyhow::Result<nn::Optimizer> {
+    Ok(nn::AdamW {
+        wd: config.weight_decay,
+        ..Default::default()
+    }
+    .build(adapter.var_store(), config.lr)?)
 }
 
 struct MicroBatchLoss {
