@@ -1,1 +1,3 @@
 //! See the architecture in README.md.
+
+pub mod judge;
