@@ -2,6 +2,12 @@
 //! LoRA updates, and guarded versions are hot-swapped into serving.
 
 pub mod guard;
+pub mod judge;
+pub mod judging;
 pub mod loss;
+pub mod publish;
 pub mod samples;
+pub mod service;
 pub mod trainer;
+pub mod training;
+pub mod versions;
