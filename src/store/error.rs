@@ -28,6 +28,10 @@ pub enum StoreError {
     },
     #[error("stored row is corrupt: {0}")]
     Corrupt(String),
+    #[error("invalid store request: {0}")]
+    Invalid(String),
+    #[error("no policy version {0}")]
+    UnknownVersion(i64),
 }
 
 /// A connection-level failure that is worth retrying (server restarting, network), as opposed

@@ -10,6 +10,8 @@ pub mod error;
 pub mod export;
 pub mod handle;
 pub mod journal;
+pub mod learner;
+pub mod learner_queries;
 pub mod ops;
 pub mod queries;
 pub mod reads;
@@ -19,6 +21,10 @@ pub mod writer;
 pub use capture::*;
 pub use error::StoreError;
 pub use handle::{Store, StoreConfig, StoreHealth};
+pub use learner::{
+    JudgeClaim, JudgeTask, LearnerState, NewJudgement, NewSample, NewStep, NewVersion, SampleRow,
+    StepRow, VersionRow,
+};
 pub use ops::{FeedbackSource, NewFeedback, Rating};
 pub use reads::FeedbackOutcome;
 pub use views::*;

@@ -193,7 +193,8 @@ macro_rules! backend_queries {
                 }
                 let mut judgements: HashMap<i64, JudgementView> = HashMap::new();
                 for row in sqlx::query(
-                    "SELECT j.turn_id, j.judge, j.votes, j.score, j.hint, j.created_at FROM judgements j \
+                    "SELECT j.turn_id, j.judge, j.source, j.votes, j.score, j.hint, j.hint_votes, j.created_at \
+                     FROM judgements j \
                      JOIN turns t ON t.id = j.turn_id WHERE t.session_pk = $1 ORDER BY j.id",
                 )
                 .bind(session_pk)
@@ -201,11 +202,14 @@ macro_rules! backend_queries {
                 .await?
                 {
                     let votes: Json<Value> = row.try_get("votes")?;
+                    let hint_votes: Option<Json<Value>> = row.try_get("hint_votes")?;
                     judgements.insert(row.try_get("turn_id")?, JudgementView {
                         judge: row.try_get("judge")?,
+                        source: row.try_get("source")?,
                         votes: votes.0,
                         score: row.try_get("score")?,
                         hint: row.try_get("hint")?,
+                        hint_votes: hint_votes.map(|v| v.0),
                         created_at: row.try_get("created_at")?,
                     });
                 }

@@ -38,9 +38,13 @@ pub struct NextStateView {
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct JudgementView {
     pub judge: String,
+    /// `feedback` | `rules` | `local` | `openai`; null on rows written before it existed.
+    pub source: Option<String>,
     pub votes: Value,
     pub score: Option<f64>,
     pub hint: Option<String>,
+    /// Every hint vote, chosen or not.
+    pub hint_votes: Option<Value>,
     pub created_at: Time,
 }
 
