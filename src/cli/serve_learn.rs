@@ -9,7 +9,9 @@ use serde::Deserialize;
 
 use crate::engine::LocalEngine;
 use crate::learn::guard::GuardConfig;
-use crate::learn::judge::{default_chain, JudgeChain, LlmJudgeConfig};
+use crate::learn::judge::{
+    default_chain, judge_from_config, local_judge, JudgeChain, LlmJudgeConfig, LlmJudgeOptions,
+};
 use crate::learn::loss::LossConfig;
 use crate::learn::samples::LearnMode;
 use crate::learn::service::{Learner, LearnerOptions};
@@ -17,7 +19,7 @@ use crate::learn::trainer::{Teacher, TrainerConfig};
 use crate::model::lora::LoraConfig;
 use crate::store::Store;
 
-#[derive(Debug, Clone, Default, clap::Args, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, clap::Args, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct LearnFlags {
     /// What the trainer learns from: combined (RL + OPD), rl, opd, or off (log and judge only)
@@ -159,22 +161,27 @@ impl LearnFlags {
     }
 
     /// explicit feedback → rules → the configured LLM judge (a remote one, or the served model).
-    fn judge_chain(&self, engine: &Arc<LocalEngine>) -> JudgeChain {
+    fn judge_chain(&self, engine: &Arc<LocalEngine>) -> anyhow::Result<JudgeChain> {
         let votes = self.judge_votes.unwrap_or(3);
         let llm = match (&self.judge_url, &self.judge_model) {
-            (Some(url), Some(model)) => Some(crate::learn::judge::openai_judge(LlmJudgeConfig {
-                url: url.clone(),
-                model: model.clone(),
+            (Some(url), Some(model)) => Some(judge_from_config(&LlmJudgeConfig {
                 api_key: self.judge_key.clone(),
                 votes,
-            })),
+                ..LlmJudgeConfig::new(url.clone(), model.clone())
+            })?),
             _ if self.judge_local == Some(true) => {
                 let backend: Arc<dyn crate::engine::Backend> = engine.clone();
-                Some(crate::learn::judge::local_judge(backend, votes))
+                Some(local_judge(
+                    backend,
+                    LlmJudgeOptions {
+                        votes,
+                        ..LlmJudgeOptions::default()
+                    },
+                )?)
             }
             _ => None,
         };
-        default_chain(llm)
+        Ok(default_chain(llm))
     }
 }
 
@@ -187,7 +194,7 @@ pub async fn start_learner(
     store: Store,
     engine: Arc<LocalEngine>,
 ) -> anyhow::Result<Arc<Learner>> {
-    let chain = flags.judge_chain(&engine);
+    let chain = flags.judge_chain(&engine)?;
     let batch_size = flags.learn_batch.unwrap_or(16);
     let options = LearnerOptions {
         model_dir: PathBuf::from(model_dir),

@@ -50,22 +50,26 @@ impl JudgeWorker {
 
     async fn judge_one(&self, task: JudgeTask) {
         let turn_id = task.turn_id;
+        let claim = &task.claim;
         let input = judge_input(&task);
         let outcome = match self.chain.judge(&input).await {
             Ok(Some(verdict)) => {
                 let (judgement, sample) = records(&task, &verdict, self.mode);
                 metrics::counter!("hindsight_judged_turns_total", "source" => verdict.source)
                     .increment(1);
-                self.store.record_judgement(turn_id, judgement, sample).await
+                self.store
+                    .record_judgement(claim, &judgement, sample.as_ref())
+                    .await
+                    .map(drop)
             }
             Ok(None) => {
                 metrics::counter!("hindsight_judged_turns_total", "source" => "abstained")
                     .increment(1);
-                self.store.skip_judging(turn_id).await
+                self.store.skip_judging(claim).await.map(drop)
             }
             Err(err) => {
                 tracing::warn!(turn_id, %err, "judging failed; the turn will be retried");
-                self.store.release_judge_claim(turn_id).await
+                self.store.release_judge_claim(claim).await
             }
         };
         if let Err(err) = outcome {
@@ -91,11 +95,7 @@ pub fn judge_input(task: &JudgeTask) -> JudgeInput {
             .feedback
             .iter()
             .map(|f| FeedbackInput {
-                rating: match f.rating.as_str() {
-                    "up" => Some(Rating::Up),
-                    "down" => Some(Rating::Down),
-                    _ => None,
-                },
+                rating: Rating::parse(&f.rating),
                 correction: f.correction.clone(),
             })
             .collect(),

@@ -165,7 +165,7 @@ impl TrainingLoop {
             let report = guard_report(trainer, probes, &self.options.guard)?;
             let path = write_version(&self.options.adapters_dir, version, &snapshot)?;
             let status = if report.passed { PROMOTED } else { REJECTED };
-            self.runtime.block_on(self.store.insert_version(NewVersion {
+            self.runtime.block_on(self.store.insert_version(&NewVersion {
                 version,
                 step: Some(step_number),
                 path: path.display().to_string(),
@@ -185,7 +185,7 @@ impl TrainingLoop {
                 trainer.reset_to(back.as_ref())?;
             }
         }
-        self.runtime.block_on(self.store.record_step(NewStep {
+        self.runtime.block_on(self.store.record_step(&NewStep {
             step: step_number,
             policy_version: serving,
             created_version,
