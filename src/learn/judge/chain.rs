@@ -87,7 +87,11 @@ pub fn judge_from_config(config: &LlmJudgeConfig) -> Result<Box<dyn Judge>, Judg
         temperature: config.temperature,
         hints: config.hints,
     };
-    Ok(Box::new(LlmJudge::new("openai", Box::new(sampler), options)?))
+    Ok(Box::new(LlmJudge::new(
+        "openai",
+        Box::new(sampler),
+        options,
+    )?))
 }
 
 #[cfg(test)]
@@ -129,8 +133,10 @@ mod tests {
         config.url = "127.0.0.1:9".into();
         assert!(judge_from_config(&config).is_err());
         assert_eq!(
-            default_chain(Some(judge_from_config(&LlmJudgeConfig::new("http://h/v1", "m")).unwrap()))
-                .describe(),
+            default_chain(Some(
+                judge_from_config(&LlmJudgeConfig::new("http://h/v1", "m")).unwrap()
+            ))
+            .describe(),
             ["feedback", "rules", "openai:m@http://h/v1"]
         );
     }

@@ -72,7 +72,10 @@ mod tests {
     #[test]
     fn ratings_corrections_and_abstention() {
         assert_eq!(FeedbackJudge::decide(&input(vec![])), None);
-        assert_eq!(FeedbackJudge::decide(&input(vec![(None, Some("  "))])), None);
+        assert_eq!(
+            FeedbackJudge::decide(&input(vec![(None, Some("  "))])),
+            None
+        );
         let up = FeedbackJudge::decide(&input(vec![(Some(Rating::Up), None)])).unwrap();
         assert_eq!((up.score, up.source, up.hint), (1, "feedback", None));
         let latest = input(vec![(Some(Rating::Up), None), (Some(Rating::Down), None)]);
@@ -89,6 +92,9 @@ mod tests {
             (Some(Rating::Down), None),
         ]);
         let verdict = FeedbackJudge::decide(&both).unwrap();
-        assert_eq!((verdict.score, verdict.hint.as_deref()), (-1, Some("Use metric units.")));
+        assert_eq!(
+            (verdict.score, verdict.hint.as_deref()),
+            (-1, Some("Use metric units."))
+        );
     }
 }

@@ -84,7 +84,9 @@ impl LlmJudge {
             .sample(evaluative_messages(input), n, temperature);
         let hints = async {
             if self.options.hints {
-                self.sampler.sample(hint_messages(input), n, temperature).await
+                self.sampler
+                    .sample(hint_messages(input), n, temperature)
+                    .await
             } else {
                 Ok(Vec::new())
             }

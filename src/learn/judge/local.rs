@@ -10,8 +10,8 @@ use serde_json::Value;
 use super::llm::{LlmJudge, LlmJudgeOptions, VoteSampler};
 use super::{Judge, JudgeError};
 use crate::engine::{
-    AdapterChoice, Backend, EventStream, GenerateEvent, GenerateRequest, Priority,
-    SamplingParams, StopCriteria, SubmitError,
+    AdapterChoice, Backend, EventStream, GenerateEvent, GenerateRequest, Priority, SamplingParams,
+    StopCriteria, SubmitError,
 };
 
 /// Fewer free context tokens than this and the judge abstains rather than answer truncated.
@@ -38,7 +38,9 @@ impl LocalSampler {
                 GenerateEvent::Token(token) => text.push_str(&token.text),
                 GenerateEvent::Finish(_) => return Ok(text),
                 GenerateEvent::Error(err) => {
-                    return Err(JudgeError::Engine(format!("judge generation failed: {err}")))
+                    return Err(JudgeError::Engine(format!(
+                        "judge generation failed: {err}"
+                    )))
                 }
             }
         }
@@ -114,7 +116,11 @@ pub fn local_judge(
     options: LlmJudgeOptions,
 ) -> Result<Box<dyn Judge>, JudgeError> {
     let sampler = LocalSampler::new(backend, 512);
-    Ok(Box::new(LlmJudge::new("local", Box::new(sampler), options)?))
+    Ok(Box::new(LlmJudge::new(
+        "local",
+        Box::new(sampler),
+        options,
+    )?))
 }
 
 #[cfg(test)]
@@ -131,7 +137,11 @@ mod tests {
         let (e, h) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
         FakeBackend::new(FakeConfig {
             reply: FakeReply::Script(Arc::new(move |_, prompt: &str| {
-                let (list, at) = if prompt.contains("[HINT]") { (hints, &h) } else { (eval, &e) };
+                let (list, at) = if prompt.contains("[HINT]") {
+                    (hints, &h)
+                } else {
+                    (eval, &e)
+                };
                 list[at.fetch_add(1, Ordering::SeqCst) % list.len()].to_string()
             })),
             ..FakeConfig::default()
@@ -151,7 +161,10 @@ mod tests {
     async fn votes_through_the_engine_on_the_base_model_in_the_background() {
         let backend = Arc::new(scripted(
             &[r"redo \boxed{-1}", r"\boxed{-1}", r"hmm \boxed{1}"],
-            &[r"\boxed{1} [HINT]Explain tides in one sentence.[/HINT]", r"\boxed{0}"],
+            &[
+                r"\boxed{1} [HINT]Explain tides in one sentence.[/HINT]",
+                r"\boxed{0}",
+            ],
         ));
         let judge = local_judge(backend.clone(), LlmJudgeOptions::default()).unwrap();
         assert_eq!(judge.name(), "local:fake-model");
@@ -159,7 +172,10 @@ mod tests {
         assert_eq!((verdict.source, verdict.score), ("local", -1));
         assert_eq!(verdict.votes.len(), 3);
         assert_eq!(verdict.hint_votes.len(), 3);
-        assert_eq!(verdict.hint.as_deref(), Some("Explain tides in one sentence."));
+        assert_eq!(
+            verdict.hint.as_deref(),
+            Some("Explain tides in one sentence.")
+        );
         let requests = backend.requests();
         assert_eq!(requests.len(), 6);
         for request in &requests {
@@ -192,7 +208,11 @@ mod tests {
             ..FakeConfig::default()
         }));
         let judge = local_judge(tiny, LlmJudgeOptions::default()).unwrap();
-        assert_eq!(judge.judge(&turn()).await.unwrap(), None, "too long: abstain");
+        assert_eq!(
+            judge.judge(&turn()).await.unwrap(),
+            None,
+            "too long: abstain"
+        );
 
         let no_next = JudgeInput {
             next_state: vec![],

@@ -319,7 +319,10 @@ impl PhraseTable {
 }
 
 fn is_apostrophe(c: char) -> bool {
-    matches!(c, '\'' | '\u{2019}' | '\u{2018}' | '\u{02BC}' | '`' | '\u{00B4}')
+    matches!(
+        c,
+        '\'' | '\u{2019}' | '\u{2018}' | '\u{02BC}' | '`' | '\u{00B4}'
+    )
 }
 
 /// Marks that never make a word of their own: emoji variation selectors, joiners, skin tones.

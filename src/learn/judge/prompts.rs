@@ -59,7 +59,10 @@ pub fn clip(text: &str, max: usize) -> String {
     }
     let head: String = text.chars().take(max / 2).collect();
     let tail: String = text.chars().skip(count - max / 2).collect();
-    format!("{head}\n[… {} characters omitted …]\n{tail}", count - 2 * (max / 2))
+    format!(
+        "{head}\n[… {} characters omitted …]\n{tail}",
+        count - 2 * (max / 2)
+    )
 }
 
 fn render_message(message: &Value) -> String {

@@ -114,7 +114,8 @@ impl OpenAiSampler {
         let mut body = json!({
             "model": self.model,
             "messages": messages,
-            "temperature": temperature,
+            // f32 → shortest decimal → f64, so 0.6 goes out as 0.6, not 0.6000000238.
+            "temperature": temperature.to_string().parse::<f64>().unwrap_or(0.6),
             "max_tokens": self.max_tokens,
         });
         if n > 1 {
@@ -150,7 +151,12 @@ impl OpenAiSampler {
         }
         Ok(choices
             .iter()
-            .map(|c| c["message"]["content"].as_str().unwrap_or_default().to_string())
+            .map(|c| {
+                c["message"]["content"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .to_string()
+            })
             .collect())
     }
 
@@ -170,9 +176,9 @@ impl OpenAiSampler {
                     texts.extend(choices.into_iter().take(n));
                 }
                 // Some servers refuse `n` > 1 outright: fall back to one request per vote.
-                Err(JudgeError::Status { status: 400 | 422, .. })
-                    if self.honours_n.load(Ordering::Relaxed) == N_UNKNOWN =>
-                {
+                Err(JudgeError::Status {
+                    status: 400 | 422, ..
+                }) if self.honours_n.load(Ordering::Relaxed) == N_UNKNOWN => {
                     self.honours_n.store(N_IGNORED, Ordering::Relaxed);
                 }
                 Err(err) => return Err(err),

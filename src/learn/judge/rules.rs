@@ -109,7 +109,10 @@ fn read_user_message(table: &PhraseTable, message: &str, request: &str) -> Messa
     let content = content_words(table, &content);
     reading.has_content = !content.is_empty();
     // Moving on: a fresh request or question, about something else, with no complaint.
-    let request_words = content_words(table, &crate::learn::judge::phrases::normalize(request).words);
+    let request_words = content_words(
+        table,
+        &crate::learn::judge::phrases::normalize(request).words,
+    );
     let repeated = content.intersection(&request_words).count() as f32;
     let reask = content.len() >= 2 && repeated >= decision.reask_overlap * content.len() as f32;
     let question = message.trim_end().ends_with('?');

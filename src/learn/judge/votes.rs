@@ -71,9 +71,7 @@ pub fn extract_hint(text: &str) -> Option<String> {
     let body = match rest.find(HINT_END) {
         Some(end) => &rest[..end],
         // No end marker: drop a trailing verdict the model may have put after the hint.
-        None => BOXED
-            .find(rest)
-            .map_or(rest, |m| &rest[..m.start()]),
+        None => BOXED.find(rest).map_or(rest, |m| &rest[..m.start()]),
     };
     let hint = body.trim();
     (!hint.is_empty()).then(|| hint.to_string())
@@ -92,7 +90,11 @@ pub fn hint_vote(text: String) -> HintVote {
 /// The longest accepted hint longer than [`MIN_HINT_CHARS`] characters (the first on a tie).
 pub fn choose_hint(votes: &[HintVote]) -> Option<String> {
     let mut best: Option<&str> = None;
-    for hint in votes.iter().filter(|v| v.accepted).filter_map(|v| v.hint.as_deref()) {
+    for hint in votes
+        .iter()
+        .filter(|v| v.accepted)
+        .filter_map(|v| v.hint.as_deref())
+    {
         let len = hint.chars().count();
         if len > MIN_HINT_CHARS && best.is_none_or(|b| len > b.chars().count()) {
             best = Some(hint);
@@ -153,9 +155,8 @@ mod tests {
     fn hints_are_extracted_filtered_and_the_longest_chosen() {
         let a = hint_vote(r"\boxed{1} [HINT] Answer in one sentence. [/HINT]".into());
         assert_eq!(a.hint.as_deref(), Some("Answer in one sentence."));
-        let b = hint_vote(
-            "[HINT]Answer in at most 20 words, no preamble.[/HINT]\n\\boxed{1}".into(),
-        );
+        let b =
+            hint_vote("[HINT]Answer in at most 20 words, no preamble.[/HINT]\n\\boxed{1}".into());
         let short = hint_vote(r"\boxed{1} [HINT]Be brief[/HINT]".into());
         let rejected = hint_vote(
             r"[HINT]A very long hint that must not count at all.[/HINT] \boxed{0}".into(),
