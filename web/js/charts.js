@@ -62,7 +62,9 @@ function frame(svg, x, y, xLabel, yLabel) {
 function yAxis(values, fixed) {
   const finite = values.filter(Number.isFinite);
   const min = fixed?.min ?? Math.min(0, ...finite);
-  const max = fixed?.max ?? Math.max(...finite, min + 1e-9);
+  let max = fixed?.max ?? Math.max(...finite);
+  // An all-zero series still gets a readable 0–1 axis.
+  if (!(max - min > 1e-9)) max = min + 1;
   const t = ticks(min, finite.length ? max : 1);
   return { ...t, scale: (v) => H - M.bottom - ((v - t.lo) / (t.hi - t.lo)) * (H - M.top - M.bottom) };
 }

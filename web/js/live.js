@@ -31,7 +31,7 @@ function item(kind, data) {
     case 'next_state':
       return [link(data, `Next state (${data.role})`), h('p', { class: 'req' }, data.content), time];
     case 'feedback':
-      return [link(data, data.rating === 'up' ? '👍 Thumbs up' : '👎 Thumbs down'), ` · ${data.source}`,
+      return [link(data, data.rating === 'up' ? '✓ Thumbs up' : '✗ Thumbs down'), ` · ${data.source}`,
         data.correction ? h('p', { class: 'req' }, data.correction) : null, time];
     case 'judgement':
       return [link(data, `Judged by ${data.source || data.judge}`), ' ', score(data.score),

@@ -72,7 +72,7 @@ export async function render(view, _arg, stillMine) {
     h('section', { class: 'cards' },
       card('Requests', fmt(c.turns), `${fmt(c.main_turns)} main turns · ${fmt(c.sessions)} sessions`, 'turns'),
       card('Next states', fmt(c.turns_with_next_state), 'turns whose follow-up arrived', 'next_states'),
-      card('Feedback', fmt(c.feedback), `👍 ${fmt(c.feedback_up)} · 👎 ${fmt(c.feedback_down)} · ${fmt(c.corrections)} corrections`, 'feedback'),
+      card('Feedback', fmt(c.feedback), `✓ ${fmt(c.feedback_up)} up · ✗ ${fmt(c.feedback_down)} down · ${fmt(c.corrections)} corrections`, 'feedback'),
       card('Judged turns', fmt(c.judged_turns), `${fmt(c.samples)} samples · ${fmt(c.samples_waiting)} waiting`, 'judged'),
       card('Serving version', serving ? `v${serving.serving_version}` : '–',
         pinned !== null && pinned !== undefined ? `pinned to v${pinned}` : `following latest (v${fmt(c.latest_promoted ?? 0)} promoted)`, 'serving'),

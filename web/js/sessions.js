@@ -47,7 +47,7 @@ async function renderList(view, stillMine) {
     h('td', {}, h('a', { href: `#/sessions/${s.pk}` }, s.session_id), s.explicit ? h('span', { class: 'tag' }, 'explicit') : null),
     h('td', { class: 'mono' }, s.key_id || '(no key)'),
     h('td', { class: 'num' }, fmt(s.turn_count)),
-    h('td', { class: 'num' }, `👍 ${s.feedback_up} · 👎 ${s.feedback_down}`),
+    h('td', { class: 'num' }, `✓ ${s.feedback_up} · ✗ ${s.feedback_down}`),
     h('td', { class: 'num' }, fmt(s.corrections)),
     h('td', { class: 'num' }, fmt(s.judged)),
     h('td', { class: 'num' }, score(s.mean_reward === null ? null : Number(s.mean_reward.toFixed(2)))),
@@ -100,8 +100,8 @@ function feedbackBox(turn, reload) {
     }
   };
   return h('div', { class: 'actions' },
-    h('button', { class: 'thumb up', title: 'Good reply', onclick: () => send('up') }, '👍 Good'),
-    h('button', { class: 'thumb down', title: 'Bad reply (with the correction, if any)', onclick: () => send('down') }, '👎 Bad'),
+    h('button', { class: 'thumb up', title: 'Good reply', onclick: () => send('up') }, '✓ Good'),
+    h('button', { class: 'thumb down', title: 'Bad reply (with the correction, if any)', onclick: () => send('down') }, '✗ Bad'),
     correction);
 }
 
@@ -137,7 +137,7 @@ function turnCard(turn, reload) {
       h('span', { class: 'muted' }, s.used_in_step !== null ? ` · used in step ${s.used_in_step}` : ' · waiting')))) : null,
     block('Feedback', turn.feedback?.length
       ? turn.feedback.map((f) => h('div', { class: `feedback ${f.rating}` },
-        f.rating === 'up' ? '👍' : '👎', ` ${f.source} · ${ago(f.created_at)}`,
+        f.rating === 'up' ? '✓ up' : '✗ down', ` · ${f.source} · ${ago(f.created_at)}`,
         f.correction ? h('div', { class: 'text correction' }, f.correction) : null))
       : h('span', { class: 'muted' }, 'none'),
     feedbackBox(turn, reload)));
