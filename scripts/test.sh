@@ -6,6 +6,13 @@ cd "$(dirname "$0")/.."
 
 scripts/setup.sh
 
+# The dashboard's browser test drives Debian's chromium (headless) with playwright-core.
+if [ ! -x /usr/bin/chromium ]; then
+  echo "test: installing chromium"
+  SUDO=$([ "$(id -u)" = 0 ] || echo sudo)
+  $SUDO apt-get update -q && DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -q chromium
+fi
+
 # PostgreSQL must be reachable for the store tests (trust auth on 127.0.0.1:5432).
 if ! pg_isready -q -h 127.0.0.1 -p 5432; then
   echo "test: starting PostgreSQL"

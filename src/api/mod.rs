@@ -2,6 +2,7 @@
 
 pub mod caller;
 
+pub mod admin;
 pub mod app;
 pub mod auth;
 pub mod bench;

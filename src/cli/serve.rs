@@ -9,6 +9,7 @@ use std::sync::Arc;
 use anyhow::Context;
 use serde::Deserialize;
 
+use crate::api::admin::{Admin, AdminAuth};
 use crate::api::server::{serve, shutdown_signal};
 use crate::api::{app_with_routes, ApiKeys, AppState, ServerConfig, ShutdownHooks};
 use crate::engine::{Backend, EngineOptions, LocalEngine};
@@ -81,6 +82,9 @@ pub struct ServeFlags {
     pub max_body_bytes: Option<usize>,
     #[command(flatten)]
     pub learn: LearnFlags,
+    /// Token for /dashboard and /admin/api [default: none: open on a loopback bind, off otherwise].
+    #[arg(long, env = "HINDSIGHT_ADMIN_TOKEN", hide_env_values = true)]
+    pub admin_token: Option<String>,
 }
 
 /// The `--config` file: the same options as the flags.
@@ -101,6 +105,7 @@ pub struct FileConfig {
     pub max_body_bytes: Option<usize>,
     /// The learner's options, e.g. `[learn]` / `learn_mode = "opd"`.
     pub learn: Option<LearnFlags>,
+    pub admin_token: Option<String>,
 }
 
 /// Every option resolved.
@@ -118,6 +123,7 @@ pub struct ServeConfig {
     pub device: String,
     pub max_body_bytes: usize,
     pub learn: LearnFlags,
+    pub admin_token: Option<String>,
 }
 
 impl ServeFlags {
@@ -159,6 +165,7 @@ impl ServeFlags {
                 .or(file.max_body_bytes)
                 .unwrap_or(crate::api::app::DEFAULT_MAX_BODY_BYTES),
             learn: self.learn.or(file.learn.unwrap_or_default()),
+            admin_token: self.admin_token.or(file.admin_token),
         };
         config.validate()?;
         Ok(config)
@@ -323,8 +330,16 @@ pub fn run(args: Args) -> anyhow::Result<()> {
                 max_body_bytes: config.max_body_bytes,
             })
             .with_probe(Arc::new(StoreProbe(store.clone())));
+        // Live admin feeds end when shutdown starts, so the graceful drain does not wait on them.
+        let (stopping, stop_rx) = tokio::sync::watch::channel(false);
+        let loopback = addrs.iter().all(|addr| addr.ip().is_loopback());
+        let admin = Admin::new(store.clone(), AdminAuth::new(config.admin_token.as_deref(), loopback))
+            .with_shutdown(stop_rx)
+            .with_control(learner.clone());
+        tracing::info!(dashboard = admin.auth.describe(), "admin dashboard at /dashboard");
         let routes = crate::api::feedback::router(store.clone())
-            .merge(crate::api::sessions::router(store.clone()));
+            .merge(crate::api::sessions::router(store.clone()))
+            .merge(crate::api::admin::router(admin));
         let gauges = tokio::spawn(publish_store_gauges(store.clone()));
         let hooks = ShutdownHooks::new();
         // Registered first so that the trainer's last step is recorded before the store closes.
@@ -341,7 +356,11 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             auth = if config.api_keys.is_empty() { "off (loopback only)" } else { "bearer keys" },
             "serving the OpenAI-compatible API"
         );
-        serve(listener, app_with_routes(state, routes), hooks, shutdown_signal())
+        let signal = async move {
+            shutdown_signal().await;
+            let _ = stopping.send(true);
+        };
+        serve(listener, app_with_routes(state, routes), hooks, signal)
             .await
             .context("serving HTTP")
     })

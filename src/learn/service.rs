@@ -39,6 +39,7 @@ pub struct Learner {
     pub versions: Arc<VersionControl>,
     pub chain: Arc<JudgeChain>,
     pub mode: LearnMode,
+    pub(crate) store: Store,
     stop: Arc<AtomicBool>,
     trainer: Mutex<Option<JoinHandle<()>>>,
 }
@@ -52,6 +53,7 @@ impl Learner {
         chain: JudgeChain,
     ) -> anyhow::Result<Arc<Learner>> {
         let versions = Arc::new(VersionControl::new(store.clone(), engine));
+        let own_store = store.clone();
         let restored = versions.restore().await?;
         tracing::info!(?restored, "policy version restored");
         let stop = Arc::new(AtomicBool::new(false));
@@ -103,6 +105,7 @@ impl Learner {
             versions,
             chain,
             mode,
+            store: own_store,
             stop,
             trainer: Mutex::new(trainer),
         }))

@@ -5,6 +5,7 @@ pub mod apply;
 pub mod bench;
 pub mod canonical;
 pub mod capture;
+pub mod dashboard;
 pub mod db;
 pub mod error;
 pub mod export;

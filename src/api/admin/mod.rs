@@ -1,0 +1,122 @@
+//! The admin dashboard (`/dashboard`) and the admin HTTP API behind it (`/admin/api/…`):
+//! what the learner sees and does, feedback on any turn, version actions and a live feed.
+
+pub mod actions;
+pub mod assets;
+pub mod auth;
+pub mod control;
+pub mod live;
+pub mod read;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::http::StatusCode;
+use axum::middleware;
+use axum::routing::{get, post};
+use axum::Router;
+use tokio::sync::watch;
+
+pub use auth::{AdminAuth, AdminMode};
+pub use control::{LearnerControl, LearnerStatus};
+
+use super::error::ApiError;
+use crate::store::{Store, StoreError};
+
+/// How often the live feed looks for new rows by default.
+pub const LIVE_POLL: Duration = Duration::from_secs(1);
+
+/// Everything the admin routes need.
+#[derive(Clone)]
+pub struct Admin {
+    pub store: Store,
+    /// None: no learner runs here; status says so and version actions are refused.
+    pub control: Option<Arc<dyn LearnerControl>>,
+    pub auth: AdminAuth,
+    /// Turns true when the server starts shutting down, so live feeds end and the graceful
+    /// shutdown does not wait on them.
+    pub shutdown: Option<watch::Receiver<bool>>,
+    pub live_poll: Duration,
+}
+
+impl Admin {
+    pub fn new(store: Store, auth: AdminAuth) -> Admin {
+        Admin {
+            store,
+            control: None,
+            auth,
+            shutdown: None,
+            live_poll: LIVE_POLL,
+        }
+    }
+
+    pub fn with_control(mut self, control: Arc<dyn LearnerControl>) -> Admin {
+        self.control = Some(control);
+        self
+    }
+
+    pub fn with_shutdown(mut self, shutdown: watch::Receiver<bool>) -> Admin {
+        self.shutdown = Some(shutdown);
+        self
+    }
+}
+
+/// The dashboard page, its assets, sign-in/out and the admin API. Merge it into the app with
+/// `app_with_routes`; it brings its own authentication (see [`auth`]).
+pub fn router(admin: Admin) -> Router {
+    let auth = admin.auth.clone();
+    let protected = Router::new()
+        .route("/dashboard", get(assets::index))
+        .route("/admin/api/me", get(read::me))
+        .route("/admin/api/overview", get(read::overview))
+        .route("/admin/api/series", get(read::series))
+        .route("/admin/api/sessions", get(read::sessions))
+        .route("/admin/api/sessions/{pk}", get(read::timeline))
+        .route("/admin/api/steps", get(read::steps))
+        .route("/admin/api/versions", get(read::versions))
+        .route("/admin/api/learner", get(read::learner))
+        .route("/admin/api/feedback", post(actions::feedback))
+        .route("/admin/api/learner/rollback", post(actions::rollback))
+        .route("/admin/api/learner/pin", post(actions::pin))
+        .route(
+            "/admin/api/learner/follow-latest",
+            post(actions::follow_latest),
+        )
+        .route("/admin/api/live", get(live::live))
+        .route_layer(middleware::from_fn_with_state(
+            auth.clone(),
+            auth::require_admin,
+        ))
+        .with_state(admin.clone());
+    let public = Router::new()
+        .route("/dashboard/", get(assets::to_dashboard))
+        .route("/dashboard/assets/{*path}", get(assets::asset))
+        .route("/admin/login", post(actions::sign_in))
+        .route("/admin/logout", post(actions::sign_out))
+        .with_state(admin);
+    protected.merge(public)
+}
+
+/// An admin error in OpenAI's envelope.
+pub fn admin_error(status: StatusCode, code: &'static str, message: impl Into<String>) -> ApiError {
+    ApiError {
+        status,
+        message: message.into(),
+        kind: if status.is_server_error() {
+            "server_error"
+        } else {
+            "invalid_request_error"
+        },
+        param: None,
+        code: Some(code),
+    }
+}
+
+pub(crate) fn store_error(err: StoreError) -> ApiError {
+    tracing::error!("store error answering an admin request: {err}");
+    admin_error(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "store_unavailable",
+        "the store is unavailable; try again later",
+    )
+}

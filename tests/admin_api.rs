@@ -1,0 +1,666 @@
+//! The admin API on both backends: auth modes, every read with learner rows written by plain
+//! SQL, dashboard feedback, version actions through a fake learner, and the live SSE feed.
+
+mod store_support;
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use axum::body::Body;
+use axum::http::{header, Request, StatusCode};
+use axum::Router;
+use futures::future::BoxFuture;
+use futures::StreamExt;
+use hindsight::api::admin::{self, Admin, AdminAuth, LearnerControl, LearnerStatus};
+use hindsight::store::{Store, TurnSink};
+use serde_json::{json, Value};
+use store_support::{settle, Conversation, TestDb};
+use tower::ServiceExt;
+
+const TOKEN: &str = "admin-secret";
+
+#[derive(Default)]
+struct FakeLearner {
+    calls: Mutex<Vec<String>>,
+    status: Mutex<LearnerStatus>,
+}
+
+impl FakeLearner {
+    fn answer(
+        &self,
+        call: String,
+        pin: Option<i64>,
+    ) -> BoxFuture<'_, Result<LearnerStatus, String>> {
+        Box::pin(async move {
+            if pin == Some(99) {
+                return Err("version 99 does not exist".to_string());
+            }
+            self.calls.lock().unwrap().push(call);
+            let mut status = self.status.lock().unwrap();
+            status.enabled = true;
+            status.mode = "combined".into();
+            status.judge_chain = vec!["feedback".into(), "rules".into()];
+            status.note = Some("judge: rules only (default model)".into());
+            if let Some(v) = pin {
+                status.serving_version = v;
+                status.pinned_version = Some(v);
+                status.following_latest = false;
+            } else {
+                status.pinned_version = None;
+                status.following_latest = true;
+            }
+            Ok(status.clone())
+        })
+    }
+}
+
+impl LearnerControl for FakeLearner {
+    fn status(&self) -> BoxFuture<'_, Result<LearnerStatus, String>> {
+        let status = self.status.lock().unwrap().clone();
+        Box::pin(async move { Ok(status) })
+    }
+    fn rollback(&self, version: i64) -> BoxFuture<'_, Result<LearnerStatus, String>> {
+        self.answer(format!("rollback {version}"), Some(version))
+    }
+    fn pin(&self, version: i64) -> BoxFuture<'_, Result<LearnerStatus, String>> {
+        self.answer(format!("pin {version}"), Some(version))
+    }
+    fn follow_latest(&self) -> BoxFuture<'_, Result<LearnerStatus, String>> {
+        self.answer("follow".into(), None)
+    }
+}
+
+struct Reply {
+    status: StatusCode,
+    headers: axum::http::HeaderMap,
+    body: Value,
+    text: String,
+}
+
+async fn call(
+    app: &Router,
+    method: &str,
+    uri: &str,
+    headers: &[(&str, &str)],
+    body: Option<&str>,
+) -> Reply {
+    let mut builder = Request::builder().method(method).uri(uri);
+    for (name, value) in headers {
+        builder = builder.header(*name, *value);
+    }
+    let request = builder
+        .body(
+            body.map(|b| Body::from(b.to_string()))
+                .unwrap_or_else(Body::empty),
+        )
+        .unwrap();
+    let response = app.clone().oneshot(request).await.unwrap();
+    let status = response.status();
+    let headers = response.headers().clone();
+    let bytes = axum::body::to_bytes(response.into_body(), 1 << 24)
+        .await
+        .unwrap();
+    let text = String::from_utf8_lossy(&bytes).into_owned();
+    let body = serde_json::from_str(&text).unwrap_or(Value::Null);
+    Reply {
+        status,
+        headers,
+        body,
+        text,
+    }
+}
+
+const BEARER: (&str, &str) = ("authorization", "Bearer admin-secret");
+const JSON_CT: (&str, &str) = ("content-type", "application/json");
+
+async fn get(app: &Router, uri: &str) -> Reply {
+    let reply = call(app, "GET", uri, &[BEARER], None).await;
+    assert_eq!(reply.status, StatusCode::OK, "GET {uri}: {}", reply.text);
+    reply
+}
+
+async fn post(app: &Router, uri: &str, body: Value) -> Reply {
+    call(
+        app,
+        "POST",
+        uri,
+        &[BEARER, JSON_CT],
+        Some(&body.to_string()),
+    )
+    .await
+}
+
+fn assert_envelope(reply: &Reply, status: StatusCode, code: Option<&str>, param: Option<&str>) {
+    assert_eq!(reply.status, status, "{}", reply.text);
+    let error = &reply.body["error"];
+    assert!(
+        error["message"].as_str().is_some_and(|m| !m.is_empty()),
+        "{}",
+        reply.text
+    );
+    if let Some(code) = code {
+        assert_eq!(error["code"], code, "{}", reply.text);
+    }
+    if let Some(param) = param {
+        assert_eq!(error["param"], param, "{}", reply.text);
+    }
+}
+
+fn now() -> String {
+    chrono::Utc::now().to_rfc3339()
+}
+
+/// Two keys' sessions, a next state, feedback, and learner rows written as the learner would.
+async fn seed(db: &TestDb, store: &Store) -> (String, String, String) {
+    let mut alice = Conversation::new(Some("alice"), "sys");
+    let first = alice.say("What is 2+2? <b>bold</b>", "5");
+    let second = alice.say("no, that's wrong, it is 4", "Sorry: 4.");
+    let mut bob = Conversation::new(Some("bob"), "sys");
+    let third = bob.say("hello there", "Hi! <script>alert(1)</script>");
+    for turn in [&first, &second, &third] {
+        store.record(turn.clone());
+    }
+    settle(store).await;
+    store
+        .add_feedback(
+            Some("alice"),
+            &first.response_id,
+            hindsight::store::Rating::Down,
+            Some("say 4".into()),
+            hindsight::store::FeedbackSource::Api,
+        )
+        .await
+        .unwrap();
+    let t = now();
+    let id = |r: &str| format!("(SELECT id FROM turns WHERE response_id = '{r}')");
+    db.exec(&format!(
+        "INSERT INTO judgements (turn_id, judge, votes, score, hint, created_at, source, hint_votes) VALUES \
+         ({}, 'rules', '[-1]', -1.0, 'it is 4', '{t}', 'rules', '[\"it is 4\"]'), \
+         ({}, 'rules', '[1]', 1.0, NULL, '{t}', 'rules', NULL)",
+        id(&first.response_id), id(&second.response_id)
+    ))
+    .await;
+    db.exec(&format!(
+        "INSERT INTO training_samples (turn_id, policy_version, reward, kind, hint, used_in_step, created_at) VALUES \
+         ({}, 3, -1.0, 'both', 'it is 4', 1, '{t}'), ({}, 3, 1.0, 'rl', NULL, NULL, '{t}')",
+        id(&first.response_id), id(&second.response_id)
+    ))
+    .await;
+    db.exec(&format!(
+        "INSERT INTO training_steps (step, policy_version, created_version, metrics, created_at) VALUES \
+         (1, 0, 1, '{{\"loss\":0.25,\"clip_fraction\":0.1,\"kl\":0.01,\"mean_reward\":-1,\"samples_rl\":0,\"samples_opd\":0,\"samples_both\":1}}', '{t}')"
+    ))
+    .await;
+    db.exec(&format!(
+        "INSERT INTO policy_versions (version, path, status, metrics, created_at, step, reason, guard) VALUES \
+         (1, '/a/v1', 'promoted', NULL, '{t}', 1, NULL, NULL), \
+         (2, '/a/v2', 'rejected', NULL, '{t}', 2, 'replies collapsed: 4 of 5 probes empty', '{{\"empty\":4}}')"
+    ))
+    .await;
+    db.exec("UPDATE learner_state SET serving_version = 1, pinned_version = 1 WHERE id = 1")
+        .await;
+    (first.response_id, second.response_id, third.response_id)
+}
+
+async fn admin_api(db: &TestDb) {
+    let store = db.open().await;
+    let (first, _second, third) = seed(db, &store).await;
+    let learner = Arc::new(FakeLearner::default());
+    let app = admin::router(
+        Admin::new(store.clone(), AdminAuth::new(Some(TOKEN), false)).with_control(learner.clone()),
+    );
+
+    // Auth: no token → envelope; the page → sign-in form; the form → an HttpOnly cookie.
+    let reply = call(&app, "GET", "/admin/api/overview", &[], None).await;
+    assert_envelope(
+        &reply,
+        StatusCode::UNAUTHORIZED,
+        Some("admin_token_required"),
+        None,
+    );
+    let reply = call(
+        &app,
+        "GET",
+        "/admin/api/overview",
+        &[("authorization", "Bearer nope")],
+        None,
+    )
+    .await;
+    assert_eq!(reply.status, StatusCode::UNAUTHORIZED);
+    let page = call(&app, "GET", "/dashboard", &[], None).await;
+    assert_eq!(page.status, StatusCode::UNAUTHORIZED);
+    assert!(
+        page.text.contains("<form") && !page.text.contains(TOKEN),
+        "{}",
+        page.text
+    );
+    let form = ("content-type", "application/x-www-form-urlencoded");
+    let bad = call(&app, "POST", "/admin/login", &[form], Some("token=wrong")).await;
+    assert_eq!(bad.status, StatusCode::UNAUTHORIZED);
+    let good = call(
+        &app,
+        "POST",
+        "/admin/login",
+        &[form],
+        Some("token=admin-secret"),
+    )
+    .await;
+    assert_eq!(good.status, StatusCode::SEE_OTHER);
+    let cookie = good.headers[header::SET_COOKIE]
+        .to_str()
+        .unwrap()
+        .to_string();
+    assert!(
+        cookie.contains("HttpOnly")
+            && cookie.contains("SameSite=Strict")
+            && !cookie.contains(TOKEN)
+    );
+    let pair = cookie.split(';').next().unwrap();
+    let page = call(&app, "GET", "/dashboard", &[("cookie", pair)], None).await;
+    assert_eq!(page.status, StatusCode::OK);
+    assert!(page.headers["content-security-policy"]
+        .to_str()
+        .unwrap()
+        .contains("script-src 'self'"));
+    assert_eq!(
+        call(&app, "GET", "/admin/api/me", &[("cookie", pair)], None)
+            .await
+            .body["auth"],
+        "token"
+    );
+    let css = call(&app, "GET", "/dashboard/assets/app.css", &[], None).await;
+    assert_eq!(css.status, StatusCode::OK);
+    assert_envelope(
+        &call(&app, "GET", "/dashboard/assets/nope.js", &[], None).await,
+        StatusCode::NOT_FOUND,
+        Some("not_found"),
+        None,
+    );
+
+    // Overview.
+    let overview = get(&app, "/admin/api/overview").await.body;
+    let c = &overview["counters"];
+    assert_eq!(
+        (c["turns"].as_i64(), c["sessions"].as_i64()),
+        (Some(3), Some(2)),
+        "{overview}"
+    );
+    assert_eq!(c["turns_with_next_state"], 1, "{overview}");
+    assert_eq!(
+        (c["feedback_down"].as_i64(), c["corrections"].as_i64()),
+        (Some(1), Some(1))
+    );
+    assert_eq!(
+        (c["judged_turns"].as_i64(), c["samples_waiting"].as_i64()),
+        (Some(2), Some(1))
+    );
+    assert_eq!(
+        (
+            c["latest_version"].as_i64(),
+            c["rejected_versions"].as_i64()
+        ),
+        (Some(2), Some(1))
+    );
+    assert_eq!(overview["samples_by_kind"], json!({"both": 1, "rl": 1}));
+    assert_eq!(overview["serving"]["pinned_version"], 1);
+    // The judge said -1 where the user said down: one agreeing pair.
+    assert_eq!(overview["agreement"]["agree"], 1, "{overview}");
+    assert_eq!(overview["agreement"]["rate"], 1.0);
+
+    let series = get(&app, "/admin/api/series?range=1h").await.body;
+    let turns: i64 = series["series"]["series"]["turns"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_i64().unwrap())
+        .sum();
+    assert_eq!(turns, 3, "{series}");
+    assert!((60..=61).contains(&series["series"]["starts"].as_array().unwrap().len()));
+    assert_envelope(
+        &call(&app, "GET", "/admin/api/series?range=2y", &[BEARER], None).await,
+        StatusCode::BAD_REQUEST,
+        None,
+        Some("range"),
+    );
+
+    // Sessions: filters, search, paging.
+    let all = get(&app, "/admin/api/sessions").await.body;
+    assert_eq!(all["total"], 2, "{all}");
+    let only = get(&app, "/admin/api/sessions?key=alice").await.body;
+    assert_eq!(only["total"], 1, "{only}");
+    let alice_pk = only["data"][0]["pk"].as_i64().unwrap();
+    assert_eq!(only["data"][0]["corrections"], 1);
+    assert_eq!(
+        get(&app, "/admin/api/sessions?q=SCRIPT").await.body["total"],
+        1
+    );
+    assert_eq!(
+        get(&app, "/admin/api/sessions?q=100%25").await.body["total"],
+        0
+    );
+    assert_eq!(
+        get(&app, "/admin/api/sessions?rewarded=negative")
+            .await
+            .body["data"][0]["pk"],
+        alice_pk
+    );
+    assert_eq!(
+        get(&app, "/admin/api/sessions?rewarded=none").await.body["total"],
+        1
+    );
+    assert_eq!(
+        get(&app, "/admin/api/sessions?corrected=yes").await.body["total"],
+        1
+    );
+    assert_eq!(
+        get(&app, "/admin/api/sessions?corrected=no").await.body["data"][0]["key_id"],
+        "bob"
+    );
+    assert_eq!(
+        get(&app, "/admin/api/sessions?from=2000-01-01&to=2000-01-02")
+            .await
+            .body["total"],
+        0
+    );
+    let page = get(&app, "/admin/api/sessions?limit=1&offset=1").await.body;
+    assert_eq!(
+        (
+            page["data"].as_array().unwrap().len(),
+            page["total"].as_i64()
+        ),
+        (1, Some(2))
+    );
+    for (query, param) in [
+        ("limit=0", "limit"),
+        ("rewarded=maybe", "rewarded"),
+        ("corrected=2", "corrected"),
+        ("from=yesterday", "from"),
+        ("offset=-1", "offset"),
+    ] {
+        let reply = call(
+            &app,
+            "GET",
+            &format!("/admin/api/sessions?{query}"),
+            &[BEARER],
+            None,
+        )
+        .await;
+        assert_envelope(&reply, StatusCode::BAD_REQUEST, None, Some(param));
+    }
+
+    // A session as a timeline.
+    let timeline = get(&app, &format!("/admin/api/sessions/{alice_pk}"))
+        .await
+        .body;
+    let turns = timeline["turns"].as_array().unwrap();
+    assert_eq!(turns.len(), 2, "{timeline}");
+    assert_eq!(
+        turns[0]["next_state"][0]["content"],
+        "no, that's wrong, it is 4"
+    );
+    assert_eq!(turns[0]["judgements"][0]["hint"], "it is 4");
+    assert_eq!(turns[0]["judgements"][0]["source"], "rules");
+    assert_eq!(turns[0]["samples"][0]["kind"], "both");
+    assert_eq!(turns[0]["feedback"][0]["correction"], "say 4");
+    assert_eq!(turns[0]["policy_version"], 3);
+    assert_envelope(
+        &call(&app, "GET", "/admin/api/sessions/999999", &[BEARER], None).await,
+        StatusCode::NOT_FOUND,
+        Some("not_found"),
+        None,
+    );
+    assert_envelope(
+        &call(&app, "GET", "/admin/api/sessions/abc", &[BEARER], None).await,
+        StatusCode::NOT_FOUND,
+        Some("not_found"),
+        None,
+    );
+
+    // Training.
+    let steps = get(&app, "/admin/api/steps").await.body;
+    assert_eq!(steps["data"][0]["metrics"]["loss"], 0.25, "{steps}");
+    assert_eq!(
+        (
+            steps["data"][0]["samples"].as_i64(),
+            steps["data"][0]["judge_score"].as_f64()
+        ),
+        (Some(1), Some(-1.0))
+    );
+    let versions = get(&app, "/admin/api/versions").await.body;
+    assert_eq!(versions["data"][0]["status"], "rejected");
+    assert_eq!(
+        versions["data"][0]["reason"],
+        "replies collapsed: 4 of 5 probes empty"
+    );
+    assert_eq!(versions["data"][0]["guard"]["empty"], 4);
+
+    // Dashboard feedback on another key's turn, stored with source 'dashboard'.
+    let reply = post(
+        &app,
+        "/admin/api/feedback",
+        json!({"response_id": third, "rating": "down", "correction": "no script tags"}),
+    )
+    .await;
+    assert_eq!(reply.status, StatusCode::OK, "{}", reply.text);
+    assert_eq!(reply.body["source"], "dashboard");
+    let n = db.scalar(&format!("SELECT COUNT(*) FROM feedback f JOIN turns t ON t.id = f.turn_id WHERE t.response_id = '{third}' AND f.source = 'dashboard' AND f.correction = 'no script tags'")).await;
+    assert_eq!(n, 1);
+    assert_envelope(
+        &post(
+            &app,
+            "/admin/api/feedback",
+            json!({"response_id": "chatcmpl-nope", "rating": "up"}),
+        )
+        .await,
+        StatusCode::NOT_FOUND,
+        Some("not_found"),
+        None,
+    );
+    assert_envelope(
+        &post(
+            &app,
+            "/admin/api/feedback",
+            json!({"response_id": first, "rating": "meh"}),
+        )
+        .await,
+        StatusCode::BAD_REQUEST,
+        None,
+        Some("rating"),
+    );
+    // A form post (what a cross-site page could send) is refused.
+    let form_post = call(
+        &app,
+        "POST",
+        "/admin/api/feedback",
+        &[BEARER, form],
+        Some("response_id=x&rating=up"),
+    )
+    .await;
+    assert_eq!(
+        form_post.status,
+        StatusCode::UNSUPPORTED_MEDIA_TYPE,
+        "{}",
+        form_post.text
+    );
+
+    // Version actions through the learner.
+    assert_eq!(
+        post(&app, "/admin/api/learner/rollback", json!({"version": 1}))
+            .await
+            .body["pinned_version"],
+        1
+    );
+    assert_eq!(
+        post(&app, "/admin/api/learner/pin", json!({"version": 0}))
+            .await
+            .body["serving_version"],
+        0
+    );
+    assert_eq!(
+        post(&app, "/admin/api/learner/follow-latest", json!({}))
+            .await
+            .body["following_latest"],
+        true
+    );
+    assert_eq!(
+        *learner.calls.lock().unwrap(),
+        ["rollback 1", "pin 0", "follow"]
+    );
+    assert_eq!(
+        get(&app, "/admin/api/learner").await.body["judge_chain"],
+        json!(["feedback", "rules"])
+    );
+    assert_envelope(
+        &post(&app, "/admin/api/learner/pin", json!({"version": 99})).await,
+        StatusCode::CONFLICT,
+        Some("learner_refused"),
+        None,
+    );
+    assert_envelope(
+        &post(&app, "/admin/api/learner/rollback", json!({"version": -1})).await,
+        StatusCode::BAD_REQUEST,
+        None,
+        Some("version"),
+    );
+    assert_eq!(
+        post(&app, "/admin/api/learner/rollback", json!({"v": 1}))
+            .await
+            .status,
+        StatusCode::UNPROCESSABLE_ENTITY
+    );
+
+    // No learner configured: status says so, actions are refused clearly.
+    let off = admin::router(Admin::new(
+        store.clone(),
+        AdminAuth::new(Some(TOKEN), false),
+    ));
+    let status = get(&off, "/admin/api/learner").await.body;
+    assert_eq!(status["enabled"], false);
+    assert!(status["note"].as_str().unwrap().contains("learning is off"));
+    assert_envelope(
+        &post(&off, "/admin/api/learner/rollback", json!({"version": 1})).await,
+        StatusCode::CONFLICT,
+        Some("learning_off"),
+        None,
+    );
+
+    // No token: open on loopback (to loopback host names only), refused elsewhere.
+    let open = admin::router(Admin::new(store.clone(), AdminAuth::new(None, true)));
+    assert_eq!(
+        call(
+            &open,
+            "GET",
+            "/admin/api/overview",
+            &[("host", "127.0.0.1:8080")],
+            None
+        )
+        .await
+        .status,
+        StatusCode::OK
+    );
+    assert_envelope(
+        &call(
+            &open,
+            "GET",
+            "/admin/api/overview",
+            &[("host", "evil.example")],
+            None,
+        )
+        .await,
+        StatusCode::FORBIDDEN,
+        Some("admin_host_refused"),
+        None,
+    );
+    let public = admin::router(Admin::new(store.clone(), AdminAuth::new(None, false)));
+    assert_envelope(
+        &call(&public, "GET", "/admin/api/overview", &[BEARER], None).await,
+        StatusCode::FORBIDDEN,
+        Some("admin_disabled"),
+        None,
+    );
+    assert_envelope(
+        &call(&public, "GET", "/dashboard", &[], None).await,
+        StatusCode::FORBIDDEN,
+        Some("admin_disabled"),
+        None,
+    );
+
+    live_feed(db, &store, &first).await;
+    store.shutdown().await;
+}
+
+/// New rows arrive as SSE events; shutdown ends the stream.
+async fn live_feed(db: &TestDb, store: &Store, first: &str) {
+    let (stop, stop_rx) = tokio::sync::watch::channel(false);
+    let mut admin =
+        Admin::new(store.clone(), AdminAuth::new(Some(TOKEN), false)).with_shutdown(stop_rx);
+    admin.live_poll = Duration::from_millis(100);
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, admin::router(admin)).await });
+    let response = reqwest::Client::new()
+        .get(format!("http://{addr}/admin/api/live"))
+        .bearer_auth(TOKEN)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    assert!(response.headers()["content-type"]
+        .to_str()
+        .unwrap()
+        .starts_with("text/event-stream"));
+    let mut body = response.bytes_stream();
+    let mut seen = String::new();
+    read_until(&mut body, &mut seen, "event: hello").await;
+
+    let mut conversation = Conversation::new(Some("carol"), "sys");
+    store.record(conversation.say("live question", "live answer"));
+    db.exec(&format!(
+        "INSERT INTO judgements (turn_id, judge, votes, score, created_at, source) VALUES \
+         ((SELECT id FROM turns WHERE response_id = '{first}'), 'openai', '[1,1,-1]', 1.0, '{}', 'openai')",
+        now()
+    ))
+    .await;
+    db.exec(&format!("INSERT INTO training_steps (step, policy_version, metrics, created_at) VALUES (2, 1, '{{\"loss\":0.5}}', '{}')", now())).await;
+    db.exec(&format!("INSERT INTO policy_versions (version, path, status, created_at) VALUES (3, '/a/v3', 'published', '{}')", now())).await;
+    db.exec("UPDATE learner_state SET serving_version = 3, pinned_version = NULL WHERE id = 1")
+        .await;
+    read_until(&mut body, &mut seen, "live answer").await;
+    read_until(&mut body, &mut seen, "event: judgement").await;
+    read_until(&mut body, &mut seen, "event: step").await;
+    read_until(&mut body, &mut seen, "event: version").await;
+    read_until(&mut body, &mut seen, "event: learner").await;
+    assert!(seen.contains("event: turn"), "{seen}");
+
+    stop.send(true).unwrap();
+    let end = tokio::time::timeout(Duration::from_secs(5), async {
+        while let Some(chunk) = body.next().await {
+            if chunk.is_err() {
+                break;
+            }
+        }
+    })
+    .await;
+    assert!(end.is_ok(), "the live stream did not end on shutdown");
+}
+
+async fn read_until(
+    body: &mut (impl futures::Stream<Item = reqwest::Result<axum::body::Bytes>> + Unpin),
+    seen: &mut String,
+    want: &str,
+) {
+    let fut = async {
+        while !seen.contains(want) {
+            let chunk = body.next().await.expect("stream open").unwrap();
+            seen.push_str(&String::from_utf8_lossy(&chunk));
+        }
+    };
+    if tokio::time::timeout(Duration::from_secs(10), fut)
+        .await
+        .is_err()
+    {
+        panic!("no {want:?} in the live feed:\n{seen}");
+    }
+}
+
+both_backends!(admin_endpoints, admin_api);
