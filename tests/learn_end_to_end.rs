@@ -88,7 +88,7 @@ fn start_server(extra: &[&str]) -> Server {
         .arg(data.path())
         .arg("--database-url")
         .arg(format!("sqlite://{}", db.display()))
-        .args(["--max-concurrent", "8", "--learn-batch", &PER_ROUND.to_string()])
+        .args(["--model-name", "learner", "--max-concurrent", "8", "--learn-batch", &PER_ROUND.to_string()])
         .args(extra)
         .stdout(Stdio::null())
         .stderr(Stdio::inherit())
@@ -123,7 +123,7 @@ struct Reply {
 impl Client {
     async fn chat(&self, messages: &[Value], temperature: f64, seed: u64, side: bool) -> Reply {
         let body = json!({
-            "model": "default", "messages": messages, "max_tokens": MAX_TOKENS,
+            "model": "learner", "messages": messages, "max_tokens": MAX_TOKENS,
             "temperature": temperature, "seed": seed,
         });
         let mut request = self
@@ -202,6 +202,22 @@ impl Client {
         (mean, within, version)
     }
 
+    /// The newest version's number, status and guard reason, as the admin API lists them.
+    async fn newest_version(&self) -> String {
+        let v: Value = self
+            .http
+            .get(format!("{}/admin/api/versions", self.base))
+            .send()
+            .await
+            .expect("versions")
+            .json()
+            .await
+            .unwrap_or_default();
+        let list = v.get("data").or(v.get("versions")).unwrap_or(&v);
+        let newest = list.get(0).cloned().unwrap_or_default();
+        format!("v{} {} {}", newest["version"], newest["status"], newest["reason"])
+    }
+
     async fn wait_for_steps(&self, steps: f64) {
         let deadline = Instant::now() + Duration::from_secs(900);
         while self.metric("hindsight_train_steps_total").await < steps {
@@ -265,7 +281,8 @@ async fn learns(chat_only: bool, extra: &[&str]) {
         let corrected = round(&client, r, chat_only).await;
         client.wait_for_steps((r + 1) as f64).await;
         let (mean, within, version) = client.held_out().await;
-        eprintln!("round {r}: {corrected}/{PER_ROUND} corrected; served {version}: held-out mean {mean:.1} words, {within:.2} within {WORD_LIMIT}");
+        let newest = client.newest_version().await;
+        eprintln!("round {r}: {corrected}/{PER_ROUND} corrected; newest {newest}; served {version}: held-out mean {mean:.1} words, {within:.2} within {WORD_LIMIT}");
     }
     let (mean, within, version) = client.held_out().await;
     assert_ne!(version, base_version, "a trained version must be serving");
@@ -277,10 +294,10 @@ async fn learns(chat_only: bool, extra: &[&str]) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn learns_from_thumbs_and_corrections() {
-    learns(false, &["--learn-lr", "3e-4"]).await;
+    learns(false, &[]).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn learns_from_the_chat_alone() {
-    learns(true, &["--learn-lr", "3e-4"]).await;
+    learns(true, &[]).await;
 }

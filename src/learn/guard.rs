@@ -18,6 +18,10 @@ pub struct GuardConfig {
     pub max_length_ratio: f64,
     /// A reply whose distinct 3-gram share is below this (≥ 12 tokens) counts as repetitive.
     pub min_distinct_trigrams: f64,
+    /// Collapse is systemic: a version is held back when more than this share of the probes
+    /// whose base reply was healthy come back empty or repetitive. (One greedy path can flip
+    /// into a loop after a tiny update on a small model; that alone is not a collapse.)
+    pub max_degenerate_share: f64,
 }
 
 impl Default for GuardConfig {
@@ -28,6 +32,8 @@ impl Default for GuardConfig {
                 "Explain what a noun is.",
                 "Give me a tip for staying focused while studying.",
                 "How do plants make their food?",
+                "Name three primary colors.",
+                "Why do we need to drink water?",
             ]
             .map(String::from)
             .to_vec(),
@@ -36,6 +42,7 @@ impl Default for GuardConfig {
             min_length_ratio: 0.08,
             max_length_ratio: 4.0,
             min_distinct_trigrams: 0.4,
+            max_degenerate_share: 0.5,
         }
     }
 }
@@ -49,6 +56,9 @@ pub struct ProbeResult {
     pub base_tokens: usize,
     pub kl: f64,
     pub distinct_trigrams: f64,
+    /// The base's reply to the same probe was itself empty or repetitive.
+    #[serde(default)]
+    pub base_degenerate: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -145,17 +155,29 @@ pub fn verdict(config: &GuardConfig, probes: Vec<ProbeResult>) -> GuardReport {
     let mean_kl = probes.iter().map(|p| p.kl).sum::<f64>() / n;
     let mean_tokens = probes.iter().map(|p| p.tokens as f64).sum::<f64>() / n;
     let base_mean_tokens = probes.iter().map(|p| p.base_tokens as f64).sum::<f64>() / n;
-    let empty = probes.iter().filter(|p| p.reply.trim().is_empty()).count();
-    let repetitive: Vec<&str> = probes
+    let healthy_base = probes.iter().filter(|p| !p.base_degenerate).count();
+    let degenerate: Vec<String> = probes
         .iter()
-        .filter(|p| p.distinct_trigrams < config.min_distinct_trigrams)
-        .map(|p| p.prompt.as_str())
+        .filter(|p| !p.base_degenerate)
+        .filter_map(|p| {
+            if p.reply.trim().is_empty() {
+                Some(format!("empty reply to {:?}", p.prompt))
+            } else if p.distinct_trigrams < config.min_distinct_trigrams {
+                Some(format!("repetitive reply to {:?}", p.prompt))
+            } else {
+                None
+            }
+        })
         .collect();
     let ratio = mean_tokens / base_mean_tokens.max(1.0);
-    let reason = if empty > 0 {
-        Some(format!("{empty} of {} probe replies are empty", probes.len()))
-    } else if !repetitive.is_empty() {
-        Some(format!("repetitive replies to: {}", repetitive.join(" | ")))
+    let collapsed = !degenerate.is_empty()
+        && degenerate.len() as f64 > config.max_degenerate_share * healthy_base as f64;
+    let reason = if collapsed {
+        Some(format!(
+            "replies collapsed on {} of {healthy_base} probes: {}",
+            degenerate.len(),
+            degenerate.join("; ")
+        ))
     } else if ratio < config.min_length_ratio || ratio > config.max_length_ratio {
         Some(format!(
             "mean reply length {mean_tokens:.1} tokens is {ratio:.2}× the base's {base_mean_tokens:.1} (allowed {}–{}×)",
@@ -191,6 +213,7 @@ mod tests {
             base_tokens,
             kl,
             distinct_trigrams: 1.0,
+            base_degenerate: false,
         }
     }
 
@@ -206,9 +229,16 @@ mod tests {
     #[test]
     fn collapse_is_caught_with_a_reason() {
         let config = GuardConfig::default();
-        let empty = verdict(&config, vec![probe("", 0, 40, 0.1), probe("ok", 3, 40, 0.1)]);
+        let empty = verdict(&config, vec![probe("", 0, 40, 0.1), probe("", 0, 40, 0.1)]);
         assert!(!empty.passed);
         assert!(empty.reason.unwrap().contains("empty"));
+        // One chaotic probe among healthy ones is not a collapse; nor is a probe the base
+        // itself answers badly.
+        let one = verdict(&config, vec![probe("", 0, 40, 0.1), probe("ok fine", 30, 40, 0.1)]);
+        assert!(one.passed, "{:?}", one.reason);
+        let mut base_bad = probe("", 0, 40, 0.1);
+        base_bad.base_degenerate = true;
+        assert!(verdict(&config, vec![base_bad, probe("ok", 30, 40, 0.1)]).passed);
         let drift = verdict(&config, vec![probe("fine", 20, 40, 3.0)]);
         assert!(drift.reason.unwrap().contains("KL"));
         let long = verdict(&config, vec![probe("long", 48, 10, 0.1)]);

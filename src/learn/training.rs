@@ -36,6 +36,7 @@ pub struct TrainingOptions {
 struct Probes {
     prompts: Vec<Vec<u32>>,
     base_tokens: Vec<usize>,
+    base_degenerate: Vec<bool>,
 }
 
 pub struct TrainingLoop {
@@ -135,9 +136,14 @@ impl TrainingLoop {
             &eos,
             false,
         )?;
+        let min = self.options.guard.min_distinct_trigrams;
         Ok(Probes {
             prompts,
             base_tokens: base.iter().map(Vec::len).collect(),
+            base_degenerate: base
+                .iter()
+                .map(|r| r.is_empty() || distinct_trigrams(r) < min)
+                .collect(),
         })
     }
 
@@ -229,6 +235,7 @@ fn guard_report(
             base_tokens: probes.base_tokens[i],
             kl: reply_kl(trainer.model(), &probes.prompts[i], reply)?,
             distinct_trigrams: distinct_trigrams(reply),
+            base_degenerate: probes.base_degenerate[i],
         });
     }
     Ok(verdict(config, results))
