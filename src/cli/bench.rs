@@ -21,6 +21,8 @@ pub enum Which {
     Engine(EngineArgs),
     /// Latency the HTTP layer adds over direct engine calls, on the real model.
     Proxy(ProxyArgs),
+    /// Turns logged per second (synthetic turns, no model: the store is the bottleneck).
+    Store(super::bench_store::StoreArgs),
 }
 
 #[derive(Debug, clap::Args)]
@@ -63,6 +65,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     match args.which {
         Which::Engine(args) => super::bench_engine::run(args),
         Which::Proxy(args) => run_proxy(args),
+        Which::Store(args) => super::bench_store::run(args),
     }
 }
 
