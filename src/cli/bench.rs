@@ -23,6 +23,8 @@ pub enum Which {
     Proxy(ProxyArgs),
     /// One LoRA training step, side by side with the same step in PyTorch.
     Train(super::bench_train::TrainArgs),
+    /// Turns logged per second (synthetic turns, no model: the store is the bottleneck).
+    Store(super::bench_store::StoreArgs),
 }
 
 #[derive(Debug, clap::Args)]
@@ -66,6 +68,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         Which::Engine(args) => super::bench_engine::run(args),
         Which::Proxy(args) => run_proxy(args),
         Which::Train(args) => super::bench_train::run(args),
+        Which::Store(args) => super::bench_store::run(args),
     }
 }
 

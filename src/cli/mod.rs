@@ -2,6 +2,7 @@
 pub mod bench;
 pub mod bench_engine;
 pub mod bench_train;
+pub mod bench_store;
 pub mod chat;
 pub mod export;
 pub mod import_gguf;

@@ -13,6 +13,35 @@ use super::canonical::{
 use super::capture::{CapturedTurn, TurnType};
 use super::ops::{f32s_to_bytes, u32s_to_bytes, FeedbackSource, NewFeedback, Rating, WriteOp};
 
+/// Applies a batch on either backend in one transaction: on Postgres with set-based
+/// statements when the batch allows it (see `apply_pg`), otherwise turn by turn.
+pub async fn apply_ops(
+    db: &super::db::Db,
+    ops: &[WriteOp],
+    replay: bool,
+    known_keys: &HashSet<String>,
+) -> Result<Applied, sqlx::Error> {
+    match db {
+        super::db::Db::Pg(pool) => {
+            // A replayed batch may hold turns already stored: leave those out first.
+            let fresh = if replay {
+                super::apply_pg::without_stored(pool, ops).await?
+            } else {
+                ops.to_vec()
+            };
+            if super::apply_pg::eligible(&fresh) {
+                if let Some(applied) =
+                    super::apply_pg::apply_batch(pool, &fresh, known_keys).await?
+                {
+                    return Ok(applied);
+                }
+            }
+            pg::apply_batch(pool, ops, replay, known_keys).await
+        }
+        super::db::Db::Lite(pool) => lite::apply_batch(pool, ops, replay, known_keys).await,
+    }
+}
+
 /// What applying a batch learned that the writer caches after commit.
 #[derive(Debug, Default)]
 pub struct Applied {

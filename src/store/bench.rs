@@ -162,3 +162,56 @@ pub async fn logging_throughput(
         peak_journal_rows: peak_journal.load(std::sync::atomic::Ordering::Relaxed),
     })
 }
+
+/// A scratch database on the Postgres server at `admin_url` (a URL whose user may create
+/// databases): the benchmark writes there, never into a real store. Returns its URL.
+pub async fn create_scratch_postgres(admin_url: &str) -> Result<String, StoreError> {
+    use sqlx::Connection;
+    let connect_err = |source| StoreError::Connect {
+        backend: "postgres",
+        url: admin_url.to_string(),
+        source,
+    };
+    let mut admin = sqlx::PgConnection::connect(admin_url)
+        .await
+        .map_err(connect_err)?;
+    let name = format!("hindsight_bench_{}", uuid::Uuid::now_v7().simple());
+    sqlx::query(&format!("CREATE DATABASE {name}"))
+        .execute(&mut admin)
+        .await?;
+    with_database(admin_url, &name)
+}
+
+/// `admin_url` with its database name replaced by `name` (query parameters kept).
+fn with_database(admin_url: &str, name: &str) -> Result<String, StoreError> {
+    let bad = || StoreError::UnsupportedUrl(admin_url.to_string());
+    let (base, query) = match admin_url.split_once('?') {
+        Some((base, query)) => (base, Some(query)),
+        None => (admin_url, None),
+    };
+    let (scheme, rest) = base.split_once("://").ok_or_else(bad)?;
+    let authority = rest
+        .split('/')
+        .next()
+        .filter(|a| !a.is_empty())
+        .ok_or_else(bad)?;
+    let query = query.map(|q| format!("?{q}")).unwrap_or_default();
+    Ok(format!("{scheme}://{authority}/{name}{query}"))
+}
+
+/// Drops a database made by `create_scratch_postgres`.
+pub async fn drop_scratch_postgres(admin_url: &str, scratch_url: &str) -> Result<(), StoreError> {
+    use sqlx::Connection;
+    let name = scratch_url.rsplit('/').next().unwrap_or_default();
+    let name = name.split('?').next().unwrap_or_default();
+    if !name.starts_with("hindsight_bench_") {
+        return Err(StoreError::Invalid(format!(
+            "not a scratch benchmark database: {scratch_url}"
+        )));
+    }
+    let mut admin = sqlx::PgConnection::connect(admin_url).await?;
+    sqlx::query(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+        .execute(&mut admin)
+        .await?;
+    Ok(())
+}

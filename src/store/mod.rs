@@ -2,6 +2,7 @@
 //! what the learner derives. Serving only ever enqueues; it never waits on the database.
 
 pub mod apply;
+pub mod apply_pg;
 pub mod bench;
 pub mod canonical;
 pub mod capture;

@@ -243,10 +243,7 @@ impl Writer {
         for attempt in 0..self.config.write_attempts.max(1) {
             // After a failed commit the rows may have landed: re-check before re-inserting.
             let check = replay || attempt > 0;
-            let result = dispatch!(
-                &self.shared.db,
-                apply::apply_batch(&plain, check, &self.known_keys)
-            );
+            let result = apply::apply_ops(&self.shared.db, &plain, check, &self.known_keys).await;
             match result {
                 Ok(applied) => {
                     self.known_keys.extend(applied.new_keys);
