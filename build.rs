@@ -4,5 +4,7 @@ fn main() {
     if let Ok(dir) = std::env::var("DEP_TCH_LIBTORCH_LIB") {
         println!("cargo:rustc-link-arg=-Wl,-rpath,{dir}");
     }
+    // Lets libtorch's MKL find our `mkl_serv_intel_cpu_true` (src/model/cpu.rs).
+    println!("cargo:rustc-link-arg=-Wl,--export-dynamic-symbol=mkl_serv_intel_cpu_true");
     println!("cargo:rerun-if-changed=build.rs");
 }

@@ -151,6 +151,7 @@ pub fn pick(probs: &[f32], draw: f32, total: Option<f32>) -> usize {
 }
 
 /// Chooses one token per row of `logits` ([B, vocab]); `top_n[b]` alternatives are reported.
+/// Only the chosen (and top-n) values cross to the host.
 pub fn sample_batch(
     logits: &Tensor,
     samplers: &mut [&mut SequenceSampler],
@@ -160,20 +161,22 @@ pub fn sample_batch(
     let logprobs = logits.log_softmax(-1, Kind::Float);
     let batch = samplers.len();
     let greedy_all = samplers.iter().all(|s| s.is_greedy() && !s.has_penalties());
-    let tokens: Vec<u32> = if greedy_all {
-        to_i64s(&logits.argmax(-1, false))
-            .into_iter()
-            .map(|t| t as u32)
-            .collect()
+    let (tokens, chosen): (Vec<u32>, Vec<f32>) = if greedy_all {
+        // Argmax of the raw logits (as HF greedy decoding), its log-prob gathered on the
+        // tensor side: no round trip of the token ids through the host.
+        let (_, indices) = logits.max_dim(-1, true);
+        let chosen = to_f32s(&logprobs.gather(1, &indices, false));
+        let tokens = to_i64s(&indices).into_iter().map(|t| t as u32).collect();
+        (tokens, chosen)
     } else {
-        (0..batch)
+        let tokens: Vec<u32> = (0..batch)
             .map(|b| samplers[b].choose(&logits.get(b as i64)))
-            .collect()
+            .collect();
+        let index = Tensor::from_slice(&tokens.iter().map(|&t| t as i64).collect::<Vec<_>>())
+            .to_device(logits.device())
+            .unsqueeze(1);
+        (tokens, to_f32s(&logprobs.gather(1, &index, false)))
     };
-    let index = Tensor::from_slice(&tokens.iter().map(|&t| t as i64).collect::<Vec<_>>())
-        .to_device(logits.device())
-        .unsqueeze(1);
-    let chosen = to_f32s(&logprobs.gather(1, &index, false));
     let max_top = top_n.iter().copied().max().unwrap_or(0);
     let tops = if max_top > 0 {
         let (values, indices) = logprobs.topk(max_top as i64, -1, true, true);

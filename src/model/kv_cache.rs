@@ -235,7 +235,7 @@ impl Transformer {
             let ctx = StepContext {
                 cos: self.rope.cos.narrow(0, s, t).view([1, t, 1, hd]),
                 sin: self.rope.sin.narrow(0, s, t).view([1, t, 1, hd]),
-                mask: self.grouped_mask(mask),
+                mask: Some(self.grouped_mask(mask)),
                 adapter,
                 row_mask: None,
             };
@@ -281,6 +281,7 @@ impl Transformer {
         }
         let lens: Vec<usize> = slots.iter().map(|&s| cache.lens[s]).collect();
         let len_max = lens.iter().copied().max().unwrap_or(0) + 1;
+        let same_len = lens.iter().all(|&l| l + 1 == len_max);
         cache.ensure_capacity(len_max)?;
         let _guard = tch::no_grad_guard();
 
@@ -299,10 +300,15 @@ impl Transformer {
             .view([b as i64, 1]);
         let hd = self.config.head_dim as i64;
         let bi = b as i64;
-        let key_pos = Tensor::arange(len_max as i64, (Kind::Int64, dev)).view([1, len_max as i64]);
-        let mask = key_pos
-            .le_tensor(&positions.view([bi, 1]))
-            .view([bi, 1, 1, len_max as i64]);
+        // Rows of one length see all len_max keys: no mask (batch 1 always).
+        let mask = (!same_len).then(|| {
+            let key_pos =
+                Tensor::arange(len_max as i64, (Kind::Int64, dev)).view([1, len_max as i64]);
+            let mask = key_pos
+                .le_tensor(&positions.view([bi, 1]))
+                .view([bi, 1, 1, len_max as i64]);
+            self.grouped_mask(mask)
+        });
         let flags: Vec<bool> = order.iter().map(|&i| use_adapter[i]).collect();
         let any_adapter = self.adapter.is_some() && flags.iter().any(|&f| f);
         let row_mask = if any_adapter && !flags.iter().all(|&f| f) {
@@ -329,7 +335,7 @@ impl Transformer {
                     .sin
                     .index_select(0, &positions)
                     .view([bi, 1, 1, hd]),
-                mask: self.grouped_mask(mask),
+                mask,
                 adapter,
                 row_mask,
             };

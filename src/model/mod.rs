@@ -2,6 +2,7 @@
 //! transformer (Llama / Qwen2 / Qwen3) with its KV cache and LoRA adapters.
 pub mod chat_template;
 pub mod config;
+pub mod cpu;
 pub mod default_model;
 pub mod error;
 pub mod gguf;

@@ -45,7 +45,12 @@ pub struct Transformer {
     pub(crate) layers: Vec<Layer>,
     pub(crate) rope: RopeTables,
     pub(crate) adapter: Option<InstalledAdapter>,
+    /// bf16 on CPU: f32 room for the largest weight (see `Transformer::linear`).
+    scratch: Option<Tensor>,
 }
+
+/// Output rows of the lm_head converted to f32 at a time (bf16 on CPU, several rows).
+const HEAD_CHUNK: i64 = 4096;
 
 /// Where a layer's keys and values come from: the training path uses the chunk's own, the
 /// serving paths write them into the cache and read back the whole history.
@@ -68,7 +73,8 @@ pub(crate) struct StepContext<'a> {
     pub cos: Tensor,
     pub sin: Tensor,
     /// Bool [B, 1, groups * T, L] (see `Transformer::grouped_mask`); true = may attend.
-    pub mask: Tensor,
+    /// None when every query sees every key it is given (a cheaper SDPA path).
+    pub mask: Option<Tensor>,
     pub adapter: Option<&'a [LayerLora]>,
     /// [B, 1, 1] 0/1 factor on the adapter delta of each row; None applies it to all rows.
     pub row_mask: Option<Tensor>,
@@ -154,7 +160,18 @@ impl Transformer {
         } else {
             Some(w("lm_head.weight", &[v, h])?)
         };
+        let scratch = (kind == Kind::BFloat16 && device == Device::Cpu).then(|| {
+            let largest = layers
+                .iter()
+                .flat_map(|l| [&l.qkv_w, &l.o_w, &l.gate_up_w, &l.down_w])
+                .map(Tensor::numel)
+                .max()
+                .unwrap_or(0)
+                .max((HEAD_CHUNK * h) as usize);
+            Tensor::empty([largest as i64], (Kind::Float, device))
+        });
         Ok(Transformer {
+            scratch,
             final_norm: norm("model.norm.weight", &[h])?,
             rope: RopeTables::new(c, device),
             config,
@@ -253,9 +270,41 @@ impl Transformer {
             eps,
         );
         let head = self.lm_head.as_ref().unwrap_or(&self.embed);
-        h.to_kind(self.kind)
-            .linear::<Tensor>(head, None)
-            .to_kind(Kind::Float)
+        let h = h.to_kind(self.kind);
+        if self.scratch.is_some() && rows(&h) > 1 {
+            // Through `linear` in chunks of the vocabulary, so the f32 scratch stays small.
+            let vocab = head.size()[0];
+            let parts: Vec<Tensor> = (0..vocab)
+                .step_by(HEAD_CHUNK as usize)
+                .map(|start| {
+                    let w = head.narrow(0, start, HEAD_CHUNK.min(vocab - start));
+                    self.linear(&h, &w, None).to_kind(Kind::Float)
+                })
+                .collect();
+            return Tensor::cat(&parts, -1);
+        }
+        self.linear(&h, head, None).to_kind(Kind::Float)
+    }
+
+    /// `x Wᵀ + b` in the model's dtype. libtorch's bf16 gemm on a CPU without native bf16 is
+    /// several times slower than MKL's sgemm, so with more than one row a bf16 weight is first
+    /// widened into the f32 scratch (exact) and multiplied in f32, then rounded back to bf16
+    /// like a bf16 gemm with f32 accumulation. A single row keeps the bf16 gemv, which streams
+    /// half the bytes. The scratch is reused, so only when no autograd graph can keep it.
+    fn linear(&self, x: &Tensor, w: &Tensor, b: Option<&Tensor>) -> Tensor {
+        match &self.scratch {
+            Some(scratch) if rows(x) > 1 && !x.requires_grad() && w.numel() <= scratch.numel() => {
+                let mut wide = scratch
+                    .narrow(0, 0, w.numel() as i64)
+                    .view(w.size().as_slice());
+                wide.copy_(w);
+                let b = b.map(|b| b.to_kind(Kind::Float));
+                x.to_kind(Kind::Float)
+                    .linear(&wide, b.as_ref())
+                    .to_kind(self.kind)
+            }
+            _ => x.linear(w, b),
+        }
     }
 
     /// Runs every layer over the residual stream `x` [B, T, hidden] f32.
@@ -285,7 +334,7 @@ impl Transformer {
             .rms_norm([c.hidden_size as i64], Some(&l.input_norm), eps)
             .to_kind(self.kind);
         let qkv = lora::add_delta(
-            h.linear(&l.qkv_w, l.qkv_b.as_ref()),
+            self.linear(&h, &l.qkv_w, l.qkv_b.as_ref()),
             &h,
             lora.and_then(|a| a.qkv.as_ref()),
             row_mask,
@@ -319,9 +368,9 @@ impl Transformer {
             }
         };
         let (keys, values) = kv.keys_values(index, &k, &v);
-        let attn = self.attend(&q, &keys, &values, &ctx.mask);
+        let attn = self.attend(&q, &keys, &values, ctx.mask.as_ref());
         let o = lora::add_delta(
-            attn.linear(&l.o_w, l.o_b.as_ref()),
+            self.linear(&attn, &l.o_w, l.o_b.as_ref()),
             &attn,
             lora.and_then(|a| a.o.as_ref()),
             row_mask,
@@ -332,7 +381,7 @@ impl Transformer {
             .rms_norm([c.hidden_size as i64], Some(&l.post_norm), eps)
             .to_kind(self.kind);
         let gu = lora::add_delta(
-            h.linear::<Tensor>(&l.gate_up_w, None),
+            self.linear(&h, &l.gate_up_w, None),
             &h,
             lora.and_then(|a| a.gate_up.as_ref()),
             row_mask,
@@ -340,7 +389,7 @@ impl Transformer {
         let inter = c.intermediate_size as i64;
         let act = gu.narrow(-1, 0, inter).silu() * gu.narrow(-1, inter, inter);
         let down = lora::add_delta(
-            act.linear::<Tensor>(&l.down_w, None),
+            self.linear(&act, &l.down_w, None),
             &act,
             lora.and_then(|a| a.down.as_ref()),
             row_mask,
@@ -352,7 +401,13 @@ impl Transformer {
     /// The query heads sharing a kv head are laid out as extra query rows of that kv head:
     /// libtorch's CPU flash kernel then runs it, while `enable_gqa` falls back to a much
     /// slower path (measured: 8 ms vs 0.3 ms per call at batch 1).
-    fn attend(&self, q: &Tensor, keys: &Tensor, values: &Tensor, grouped_mask: &Tensor) -> Tensor {
+    fn attend(
+        &self,
+        q: &Tensor,
+        keys: &Tensor,
+        values: &Tensor,
+        grouped_mask: Option<&Tensor>,
+    ) -> Tensor {
         let c = &self.config;
         let (b, t) = (q.size()[0], q.size()[1]);
         let (nkv, hd) = (c.num_kv_heads as i64, c.head_dim as i64);
@@ -366,7 +421,7 @@ impl Transformer {
             &rows,
             keys,
             values,
-            Some(grouped_mask),
+            grouped_mask,
             0.0,
             false,
             None,
@@ -464,7 +519,7 @@ impl Transformer {
             let ctx = StepContext {
                 cos,
                 sin,
-                mask: self.grouped_mask(ctx_mask),
+                mask: Some(self.grouped_mask(ctx_mask)),
                 adapter,
                 row_mask: None,
             };
@@ -481,4 +536,10 @@ impl Transformer {
     ) -> Result<Tensor, ModelError> {
         Ok(self.logits(&self.forward_hidden(input_ids, attention_mask, use_adapter)?))
     }
+}
+
+/// Rows of a [.., features] input.
+fn rows(x: &Tensor) -> i64 {
+    let size = x.size();
+    size[..size.len().saturating_sub(1)].iter().product()
 }
