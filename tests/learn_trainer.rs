@@ -1,6 +1,7 @@
-//! The trainer on the real default model: a brevity preference, taught by rewards and hints on
-//! the model's own replies, shortens its greedy replies to held-out questions; the base stays
-//! untouched and the promotion guard accepts the result.
+//! The trainer on the real default model: negative rewards with a hint make the corrected
+//! replies less likely, positive rewards make approved replies more likely, samples without a
+//! signal change nothing, and the base weights never move. (That it learns a preference end to
+//! end is tests/learn_end_to_end.rs.)
 
 use std::path::PathBuf;
 use std::sync::OnceLock;
@@ -21,145 +22,109 @@ fn model_dir() -> PathBuf {
     .clone()
 }
 
-const TRAIN: &[&str] = &[
+const QUESTIONS: &[&str] = &[
     "What causes rain?",
-    "How does a bicycle stay upright?",
     "Why do cats purr?",
-    "What is photosynthesis?",
-    "How do vaccines work?",
-    "What is the internet?",
-    "Why is the ocean salty?",
-    "How do airplanes fly?",
     "What is gravity?",
-    "How does a refrigerator keep food cold?",
-    "Why do leaves change color in autumn?",
-    "What is a black hole?",
+    "How do airplanes fly?",
 ];
-const HELD_OUT: &[&str] = &[
-    "How do bees make honey?",
-    "What is electricity?",
-    "Why do we sleep?",
-    "How does a compass work?",
-];
-const WORD_LIMIT: usize = 20;
 const HINT: &str = "Answer in one short sentence of at most 15 words.";
-const MAX_TOKENS: usize = 64;
-
-fn words(text: &str) -> usize {
-    text.split_whitespace().count()
-}
+const MAX_TOKENS: usize = 32;
 
 fn messages(question: &str) -> Vec<serde_json::Value> {
     vec![json!({"role": "user", "content": question})]
 }
 
-fn eos(trainer: &Trainer) -> Vec<u32> {
-    trainer.tokenizer().eos_token_ids()
-}
-
-/// Greedy replies of the current policy; returns (prompt ids, reply ids, words) per question.
-fn replies(trainer: &Trainer, questions: &[&str]) -> Vec<(Vec<u32>, Vec<u32>, usize)> {
-    let prompts: Vec<Vec<u32>> = questions
+/// The policy's greedy replies to QUESTIONS as samples with `reward` (and the hint when the
+/// reward is negative), with behaviour log-probs recomputed under the policy.
+fn samples(trainer: &Trainer, reward: f64) -> Vec<TrainingSample> {
+    let prompts: Vec<Vec<u32>> = QUESTIONS
         .iter()
         .map(|q| trainer.chat_prompt(&messages(q), None).unwrap())
         .collect();
-    let out = greedy_replies(trainer.model(), &prompts, MAX_TOKENS, &eos(trainer), true).unwrap();
-    prompts
+    let eos = trainer.tokenizer().eos_token_ids();
+    let replies = greedy_replies(trainer.model(), &prompts, MAX_TOKENS, &eos, true).unwrap();
+    let batch: Vec<(Vec<u32>, Vec<u32>)> = prompts.iter().cloned().zip(replies.clone()).collect();
+    let behaviour = tch::no_grad(|| response_logprobs(trainer.model(), &batch, true).unwrap().0);
+    batch
         .into_iter()
-        .zip(out)
-        .map(|(p, r)| {
-            let text = trainer.tokenizer().decode(&r).unwrap();
-            let n = words(&text);
-            (p, r, n)
+        .enumerate()
+        .map(|(i, (prompt, reply))| TrainingSample {
+            id: i as i64,
+            messages: messages(QUESTIONS[i]),
+            tools: None,
+            behaviour_logprobs: Vec::try_from(
+                behaviour.get(i as i64).narrow(0, 0, reply.len() as i64),
+            )
+            .unwrap(),
+            prompt_ids: prompt,
+            response_ids: reply,
+            policy_version: 0,
+            reward,
+            hint: (reward < 0.0).then(|| HINT.to_string()),
         })
         .collect()
 }
 
-fn mean_words(rows: &[(Vec<u32>, Vec<u32>, usize)]) -> f64 {
-    rows.iter().map(|r| r.2 as f64).sum::<f64>() / rows.len() as f64
+/// Mean log-prob per token of the samples' responses under the policy (or the base).
+fn mean_logprob(trainer: &Trainer, samples: &[TrainingSample], adapter: bool) -> f64 {
+    let batch: Vec<(Vec<u32>, Vec<u32>)> = samples
+        .iter()
+        .map(|s| (s.prompt_ids.clone(), s.response_ids.clone()))
+        .collect();
+    let (lp, mask) = tch::no_grad(|| response_logprobs(trainer.model(), &batch, adapter).unwrap());
+    lp.sum(tch::Kind::Float).double_value(&[]) / mask.sum(tch::Kind::Float).double_value(&[])
 }
 
-/// One round of the scripted user's judgement on the policy's own replies, then a step.
-fn train_round(trainer: &mut Trainer, round: usize) -> hindsight::learn::trainer::StepMetrics {
-    let rows = replies(trainer, TRAIN);
-    let batch: Vec<(Vec<u32>, Vec<u32>)> = rows
-        .iter()
-        .filter(|r| !r.1.is_empty())
-        .map(|r| (r.0.clone(), r.1.clone()))
-        .collect();
-    let behaviour = tch::no_grad(|| response_logprobs(trainer.model(), &batch, true).unwrap().0);
-    let samples: Vec<TrainingSample> = rows
-        .iter()
-        .filter(|r| !r.1.is_empty())
-        .enumerate()
-        .map(|(i, (prompt, reply, n))| {
-            let too_long = *n > WORD_LIMIT;
-            let lp: Vec<f32> =
-                Vec::try_from(behaviour.get(i as i64).narrow(0, 0, reply.len() as i64)).unwrap();
-            TrainingSample {
-                id: (round * 100 + i) as i64,
-                messages: messages(TRAIN[i]),
-                tools: None,
-                prompt_ids: prompt.clone(),
-                response_ids: reply.clone(),
-                behaviour_logprobs: lp,
-                policy_version: round as i64,
-                reward: if too_long { -1.0 } else { 1.0 },
-                hint: too_long.then(|| HINT.to_string()),
-            }
-        })
-        .collect();
-    trainer.step(&samples).unwrap()
-}
-
-fn run(mode: LearnMode, lr: f64, steps: usize) -> (f64, f64, Trainer) {
+fn trainer(mode: LearnMode) -> Trainer {
     let config = TrainerConfig {
         mode,
-        lr,
         ..TrainerConfig::default()
     };
-    let mut trainer = Trainer::new(&model_dir(), Device::Cpu, config, None).unwrap();
-    let before = mean_words(&replies(&trainer, HELD_OUT));
-    for round in 0..steps {
-        let m = train_round(&mut trainer, round);
-        let now = mean_words(&replies(&trainer, HELD_OUT));
-        eprintln!(
-            "{} lr {lr:e} step {round}: held-out words {now:.1}; loss {:.3} clip {:.2} kl {:.4} reward {:.2} opd {:?} grad {:.2} tokens {} {:.1}s",
-            mode.as_str(), m.loss, m.clip_fraction, m.kl, m.mean_reward, m.mean_teacher_advantage, m.grad_norm, m.tokens, m.step_seconds
-        );
-    }
-    let after = mean_words(&replies(&trainer, HELD_OUT));
-    (before, after, trainer)
+    Trainer::new(&model_dir(), Device::Cpu, config, None).unwrap()
 }
 
 #[test]
-fn combined_learning_shortens_held_out_replies() {
-    let lr = std::env::var("HINDSIGHT_TEST_LR")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(TrainerConfig::default().lr);
-    let steps = std::env::var("HINDSIGHT_TEST_STEPS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(4);
-    let (before, after, trainer) = run(LearnMode::Combined, lr, steps);
-    eprintln!("combined: held-out mean words {before:.1} → {after:.1}");
-    assert!(
-        after < before * 0.6,
-        "held-out replies should shorten clearly: {before:.1} → {after:.1} words"
-    );
-    // The base itself is untouched: with the adapter off, replies keep their length.
-    let prompts: Vec<Vec<u32>> = HELD_OUT
-        .iter()
-        .map(|q| trainer.chat_prompt(&messages(q), None).unwrap())
-        .collect();
-    let base = greedy_replies(trainer.model(), &prompts, MAX_TOKENS, &eos(&trainer), false).unwrap();
-    let base_words: f64 = base
-        .iter()
-        .map(|r| words(&trainer.tokenizer().decode(r).unwrap()) as f64)
-        .sum::<f64>()
-        / base.len() as f64;
-    assert!((base_words - before).abs() < 1e-9, "base {base_words} vs {before}");
-    let kl = reply_kl(trainer.model(), &prompts[0], &base[0]).unwrap();
-    assert!(kl > 0.0, "the adapter moved the policy away from the base");
+fn rewards_and_hints_move_the_policy_their_way_and_leave_the_base() {
+    // Corrected replies (r = -1 with a hint): their likelihood falls under the policy.
+    let mut down = trainer(LearnMode::Combined);
+    let corrected = samples(&down, -1.0);
+    let base_before = mean_logprob(&down, &corrected, false);
+    let before = mean_logprob(&down, &corrected, true);
+    assert!((before - base_before).abs() < 1e-6, "a fresh adapter changes nothing");
+    let mut last = None;
+    for _ in 0..2 {
+        last = Some(down.step(&corrected).unwrap());
+    }
+    let m = last.unwrap();
+    assert_eq!(m.samples_both, QUESTIONS.len());
+    assert!(m.mean_teacher_advantage.unwrap() < 0.0, "the hinted teacher finds long replies less likely: {m:?}");
+    let after = mean_logprob(&down, &corrected, true);
+    assert!(after < before - 0.01, "corrected replies: {before:.4} → {after:.4}");
+    assert_eq!(mean_logprob(&down, &corrected, false), base_before, "the base must not move");
+    let prompt = down.chat_prompt(&messages(QUESTIONS[0]), None).unwrap();
+    assert!(reply_kl(down.model(), &prompt, &corrected[0].response_ids).unwrap() > 0.0);
+
+    // Approved replies (r = +1, RL only): their likelihood rises.
+    let mut up = trainer(LearnMode::Rl);
+    let approved = samples(&up, 1.0);
+    let before = mean_logprob(&up, &approved, true);
+    for _ in 0..2 {
+        let m = up.step(&approved).unwrap();
+        assert_eq!(m.samples_rl, QUESTIONS.len());
+    }
+    let after = mean_logprob(&up, &approved, true);
+    assert!(after > before + 0.01, "approved replies: {before:.4} → {after:.4}");
+}
+
+#[test]
+fn samples_without_signal_change_nothing() {
+    let mut t = trainer(LearnMode::Rl);
+    let mut neutral = samples(&t, 0.0);
+    neutral.truncate(2);
+    let before = t.snapshot();
+    let m = t.step(&neutral).unwrap();
+    assert_eq!(m.samples_skipped, 2);
+    assert_eq!(m.tokens, 0);
+    assert_eq!(t.snapshot(), before, "no gradient, no update");
 }

@@ -149,6 +149,9 @@ pub fn run(args: TrainArgs) -> anyhow::Result<()> {
         args.repeats
     );
     println!("| all timed steps | {ours:.2?} | {theirs:.2?} |");
-    println!("| ratio Hindsight / PyTorch (target ≤ 0.8) | {:.2} | |", ours_s / theirs_s);
+    println!(
+        "| ratio Hindsight / PyTorch (target ≤ 0.8) | {:.2} | |",
+        ours_s / theirs_s
+    );
     Ok(())
 }

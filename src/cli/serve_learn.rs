@@ -120,7 +120,10 @@ impl LearnFlags {
                 anyhow::bail!("--learn-max-wait must be a number of seconds ≥ 0, got {w}");
             }
         }
-        if self.learn_kl_coef.is_some_and(|k| !(k.is_finite() && k >= 0.0)) {
+        if self
+            .learn_kl_coef
+            .is_some_and(|k| !(k.is_finite() && k >= 0.0))
+        {
             anyhow::bail!("--learn-kl-coef must be ≥ 0");
         }
         for (name, v) in [

@@ -127,7 +127,9 @@ pub fn reply_kl(model: &Transformer, prompt: &[u32], reply: &[u32]) -> anyhow::R
     let _no_grad = tch::no_grad_guard();
     let ids: Vec<i64> = prompt.iter().chain(reply).map(|&t| i64::from(t)).collect();
     let len = ids.len() as i64;
-    let input = Tensor::from_slice(&ids).view([1, len]).to_device(model.device());
+    let input = Tensor::from_slice(&ids)
+        .view([1, len])
+        .to_device(model.device());
     let mask = Tensor::ones([1, len], (Kind::Int64, model.device()));
     // Positions prompt.len()-1 .. len-2 predict the reply tokens.
     let start = prompt.len() as i64 - 1;
@@ -234,7 +236,10 @@ mod tests {
         assert!(empty.reason.unwrap().contains("empty"));
         // One chaotic probe among healthy ones is not a collapse; nor is a probe the base
         // itself answers badly.
-        let one = verdict(&config, vec![probe("", 0, 40, 0.1), probe("ok fine", 30, 40, 0.1)]);
+        let one = verdict(
+            &config,
+            vec![probe("", 0, 40, 0.1), probe("ok fine", 30, 40, 0.1)],
+        );
         assert!(one.passed, "{:?}", one.reason);
         let mut base_bad = probe("", 0, 40, 0.1);
         base_bad.base_degenerate = true;
@@ -245,7 +250,10 @@ mod tests {
         assert!(long.reason.unwrap().contains("length"));
         let mut rep = probe("la la la", 48, 40, 0.1);
         rep.distinct_trigrams = distinct_trigrams(&[7; 48]);
-        assert!(verdict(&config, vec![rep]).reason.unwrap().contains("repetitive"));
+        assert!(verdict(&config, vec![rep])
+            .reason
+            .unwrap()
+            .contains("repetitive"));
     }
 
     #[test]

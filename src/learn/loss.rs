@@ -187,7 +187,10 @@ mod tests {
         let out = policy_loss(&config, &new, &old, &adv, &mask, None);
         out.loss.backward();
         let grad: Vec<f32> = Vec::try_from(new.grad().view([-1])).unwrap();
-        assert!((grad[0] + 1.0).abs() < 1e-6 && (grad[1] - 0.5).abs() < 1e-6, "{grad:?}");
+        assert!(
+            (grad[0] + 1.0).abs() < 1e-6 && (grad[1] - 0.5).abs() < 1e-6,
+            "{grad:?}"
+        );
     }
 
     #[test]

@@ -138,10 +138,19 @@ mod tests {
     fn kind_follows_mode_and_signals() {
         use LearnMode::*;
         assert_eq!(SampleKind::of(1.0, None, Combined), Some(SampleKind::Rl));
-        assert_eq!(SampleKind::of(-1.0, Some("x y"), Combined), Some(SampleKind::Both));
-        assert_eq!(SampleKind::of(0.0, Some("x y"), Combined), Some(SampleKind::Opd));
+        assert_eq!(
+            SampleKind::of(-1.0, Some("x y"), Combined),
+            Some(SampleKind::Both)
+        );
+        assert_eq!(
+            SampleKind::of(0.0, Some("x y"), Combined),
+            Some(SampleKind::Opd)
+        );
         assert_eq!(SampleKind::of(0.0, Some("x y"), Rl), None);
-        assert_eq!(SampleKind::of(-1.0, Some("x y"), Opd), Some(SampleKind::Opd));
+        assert_eq!(
+            SampleKind::of(-1.0, Some("x y"), Opd),
+            Some(SampleKind::Opd)
+        );
         assert_eq!(SampleKind::of(1.0, None, Opd), None);
         assert_eq!(SampleKind::of(0.0, Some("   "), Combined), None);
         assert_eq!(SampleKind::of(1.0, Some("x"), Off), None);

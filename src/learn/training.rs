@@ -9,7 +9,9 @@ use std::time::{Duration, Instant};
 use serde_json::{json, Value};
 use tch::Device;
 
-use super::guard::{distinct_trigrams, greedy_replies, reply_kl, verdict, GuardConfig, GuardReport, ProbeResult};
+use super::guard::{
+    distinct_trigrams, greedy_replies, reply_kl, verdict, GuardConfig, GuardReport, ProbeResult,
+};
 use super::publish::write_version;
 use super::samples::TrainingSample;
 use super::trainer::{StepMetrics, Trainer, TrainerConfig};
@@ -116,7 +118,10 @@ impl TrainingLoop {
     }
 
     fn start_trainer(&self) -> anyhow::Result<Trainer> {
-        let serving = self.runtime.block_on(self.versions.state())?.serving_version;
+        let serving = self
+            .runtime
+            .block_on(self.versions.state())?
+            .serving_version;
         let initial = self.runtime.block_on(self.versions.snapshot_of(serving))?;
         Trainer::new(
             &self.options.model_dir,
@@ -155,7 +160,10 @@ impl TrainingLoop {
             return Ok(());
         }
         let samples: Vec<TrainingSample> = rows.iter().map(to_sample).collect();
-        let serving = self.runtime.block_on(self.versions.state())?.serving_version;
+        let serving = self
+            .runtime
+            .block_on(self.versions.state())?
+            .serving_version;
         let metrics = trainer.step(&samples)?;
         let step_number = self
             .runtime
@@ -171,23 +179,29 @@ impl TrainingLoop {
             let report = guard_report(trainer, probes, &self.options.guard)?;
             let path = write_version(&self.options.adapters_dir, version, &snapshot)?;
             let status = if report.passed { PROMOTED } else { REJECTED };
-            self.runtime.block_on(self.store.insert_version(&NewVersion {
-                version,
-                step: Some(step_number),
-                path: path.display().to_string(),
-                status: status.into(),
-                reason: report.reason.clone(),
-                guard: Some(serde_json::to_value(&report)?),
-                metrics: Some(serde_json::to_value(&metrics)?),
-            }))?;
+            self.runtime
+                .block_on(self.store.insert_version(&NewVersion {
+                    version,
+                    step: Some(step_number),
+                    path: path.display().to_string(),
+                    status: status.into(),
+                    reason: report.reason.clone(),
+                    guard: Some(serde_json::to_value(&report)?),
+                    metrics: Some(serde_json::to_value(&metrics)?),
+                }))?;
             created_version = Some(version);
             if report.passed {
                 self.runtime
                     .block_on(self.versions.promoted(version, Arc::new(snapshot)))?;
             } else {
                 tracing::warn!(version, reason = ?report.reason, "version rejected by the guard; training goes on from the serving version");
-                let serving_now = self.runtime.block_on(self.versions.state())?.serving_version;
-                let back = self.runtime.block_on(self.versions.snapshot_of(serving_now))?;
+                let serving_now = self
+                    .runtime
+                    .block_on(self.versions.state())?
+                    .serving_version;
+                let back = self
+                    .runtime
+                    .block_on(self.versions.snapshot_of(serving_now))?;
                 trainer.reset_to(back.as_ref())?;
             }
         }
@@ -199,7 +213,14 @@ impl TrainingLoop {
             sample_ids,
         }))?;
         publish_metrics(&metrics);
-        tracing::info!(step = step_number, ?created_version, loss = metrics.loss, tokens = metrics.tokens, seconds = metrics.step_seconds, "training step");
+        tracing::info!(
+            step = step_number,
+            ?created_version,
+            loss = metrics.loss,
+            tokens = metrics.tokens,
+            seconds = metrics.step_seconds,
+            "training step"
+        );
         Ok(())
     }
 }
@@ -284,7 +305,11 @@ fn publish_metrics(m: &StepMetrics) {
     metrics::gauge!("hindsight_train_grad_norm").set(m.grad_norm);
     metrics::gauge!("hindsight_train_step_seconds").set(m.step_seconds);
     metrics::counter!("hindsight_train_tokens_total").increment(m.tokens as u64);
-    for (kind, n) in [("rl", m.samples_rl), ("opd", m.samples_opd), ("both", m.samples_both)] {
+    for (kind, n) in [
+        ("rl", m.samples_rl),
+        ("opd", m.samples_opd),
+        ("both", m.samples_both),
+    ] {
         metrics::counter!("hindsight_train_samples_total", "kind" => kind).increment(n as u64);
     }
 }

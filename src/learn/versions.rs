@@ -85,7 +85,11 @@ impl VersionControl {
         self.store.set_pinned(Some(version)).await?;
         if before > version {
             self.store
-                .set_version_status(before, ROLLED_BACK, Some(&format!("rolled back to {version}")))
+                .set_version_status(
+                    before,
+                    ROLLED_BACK,
+                    Some(&format!("rolled back to {version}")),
+                )
                 .await?;
         }
         drop(_guard);
