@@ -98,7 +98,7 @@ pub fn policy_loss(
         let k3 = diff.exp() - &diff - 1.0;
         kl_to_base = Some(masked_mean(&k3.detach(), mask));
         if config.kl_coef != 0.0 {
-            per_token = per_token + k3 * config.kl_coef;
+            per_token += k3 * config.kl_coef;
         }
     }
     let tokens = mask.sum_dim_intlist(1, false, Kind::Float).clamp_min(1.0);
