@@ -53,9 +53,11 @@ fn samples(trainer: &Trainer, reward: f64) -> Vec<TrainingSample> {
             id: i as i64,
             messages: messages(QUESTIONS[i]),
             tools: None,
-            behaviour_logprobs: Vec::try_from(
-                behaviour.get(i as i64).narrow(0, 0, reply.len() as i64),
-            )
+            behaviour_logprobs: Vec::try_from(behaviour.get(i as i64).narrow(
+                0,
+                0,
+                reply.len() as i64,
+            ))
             .unwrap(),
             prompt_ids: prompt,
             response_ids: reply,
@@ -91,17 +93,30 @@ fn rewards_and_hints_move_the_policy_their_way_and_leave_the_base() {
     let corrected = samples(&down, -1.0);
     let base_before = mean_logprob(&down, &corrected, false);
     let before = mean_logprob(&down, &corrected, true);
-    assert!((before - base_before).abs() < 1e-6, "a fresh adapter changes nothing");
+    assert!(
+        (before - base_before).abs() < 1e-6,
+        "a fresh adapter changes nothing"
+    );
     let mut last = None;
     for _ in 0..2 {
         last = Some(down.step(&corrected).unwrap());
     }
     let m = last.unwrap();
     assert_eq!(m.samples_both, QUESTIONS.len());
-    assert!(m.mean_teacher_advantage.unwrap() < 0.0, "the hinted teacher finds long replies less likely: {m:?}");
+    assert!(
+        m.mean_teacher_advantage.unwrap() < 0.0,
+        "the hinted teacher finds long replies less likely: {m:?}"
+    );
     let after = mean_logprob(&down, &corrected, true);
-    assert!(after < before - 0.01, "corrected replies: {before:.4} → {after:.4}");
-    assert_eq!(mean_logprob(&down, &corrected, false), base_before, "the base must not move");
+    assert!(
+        after < before - 0.01,
+        "corrected replies: {before:.4} → {after:.4}"
+    );
+    assert_eq!(
+        mean_logprob(&down, &corrected, false),
+        base_before,
+        "the base must not move"
+    );
     let prompt = down.chat_prompt(&messages(QUESTIONS[0]), None).unwrap();
     assert!(reply_kl(down.model(), &prompt, &corrected[0].response_ids).unwrap() > 0.0);
 
@@ -114,7 +129,10 @@ fn rewards_and_hints_move_the_policy_their_way_and_leave_the_base() {
         assert_eq!(m.samples_rl, QUESTIONS.len());
     }
     let after = mean_logprob(&up, &approved, true);
-    assert!(after > before + 0.01, "approved replies: {before:.4} → {after:.4}");
+    assert!(
+        after > before + 0.01,
+        "approved replies: {before:.4} → {after:.4}"
+    );
 }
 
 #[test]

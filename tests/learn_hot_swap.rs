@@ -1,0 +1,105 @@
+//! Hot-swap under load on the default model: streams in flight across several adapter swaps all
+//! complete, no request fails or is refused, and requests admitted after a swap report the
+//! version that served them.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use hindsight::engine::{
+    Backend, EngineOptions, GenerateEvent, GenerateRequest, LocalEngine, SamplingParams,
+    StopCriteria,
+};
+use hindsight::model::lora::{LoraConfig, TrainableAdapter};
+use hindsight::model::peft::AdapterSnapshot;
+use tch::Device;
+
+fn model_dir() -> PathBuf {
+    let data = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("hindsight-data");
+    hindsight::model::default_model::default_model_dir(&data).expect("default model imports")
+}
+
+fn request(engine: &LocalEngine, i: usize) -> GenerateRequest {
+    let messages = [
+        serde_json::json!({"role": "user", "content": format!("Tell me fact number {i} about the sea.")}),
+    ];
+    GenerateRequest {
+        request_id: format!("r{i}"),
+        prompt_tokens: engine.chat_prompt(&messages, None).unwrap(),
+        sampling: SamplingParams {
+            temperature: 0.8,
+            seed: Some(i as u64),
+            ..SamplingParams::default()
+        },
+        stop: StopCriteria {
+            max_tokens: 24,
+            ignore_eos: true,
+            ..StopCriteria::default()
+        },
+        top_logprobs: 0,
+        adapter: Default::default(),
+        priority: Default::default(),
+    }
+}
+
+/// A non-trivial adapter: B filled with a small constant that differs per version.
+fn adapter(engine_dir: &std::path::Path, version: u64) -> AdapterSnapshot {
+    let config = hindsight::model::config::ModelConfig::from_dir(engine_dir).unwrap();
+    let mut snapshot = TrainableAdapter::new(&config, LoraConfig::default(), Device::Cpu)
+        .unwrap()
+        .snapshot();
+    for t in &mut snapshot.tensors {
+        if t.name.contains("lora_B") {
+            t.data.iter_mut().for_each(|x| *x = 1e-4 * version as f32);
+        }
+    }
+    snapshot
+}
+
+async fn finish(mut stream: hindsight::engine::EventStream) -> (usize, u64) {
+    let mut tokens = 0;
+    while let Some(event) = stream.recv().await {
+        match event {
+            GenerateEvent::Token(_) => tokens += 1,
+            GenerateEvent::Finish(f) => return (tokens, f.policy_version),
+            GenerateEvent::Error(e) => panic!("a stream failed during swaps: {e}"),
+        }
+    }
+    panic!("a stream ended without a finish event");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn streams_survive_swaps_and_new_requests_get_the_new_version() {
+    let dir = model_dir();
+    let mut options = EngineOptions::new(dir.clone(), "swap");
+    options.max_batch = 4;
+    let engine = LocalEngine::start(options).unwrap();
+    let mut in_flight = Vec::new();
+    for i in 0..4 {
+        in_flight.push(tokio::spawn(finish(
+            engine.submit(request(&engine, i)).unwrap(),
+        )));
+    }
+    for version in 1..=3u64 {
+        tokio::time::sleep(Duration::from_millis(150)).await;
+        let snapshot = adapter(&dir, version);
+        let (done, installed) = tokio::sync::oneshot::channel();
+        engine
+            .handle()
+            .update(move |model| {
+                let outcome = model.set_adapter(Some(&snapshot));
+                let _ = done.send(outcome.clone());
+                outcome.map(|()| version)
+            })
+            .unwrap();
+        installed.await.unwrap().expect("the adapter installs");
+        // A request admitted now is served by this version.
+        let i = 10 + version as usize;
+        let (tokens, served) = finish(engine.submit(request(&engine, i)).unwrap()).await;
+        assert_eq!((tokens, served), (24, version));
+    }
+    for task in in_flight {
+        let (tokens, _) = task.await.unwrap();
+        assert_eq!(tokens, 24, "every stream in flight completes");
+    }
+    engine.handle().shutdown();
+}
