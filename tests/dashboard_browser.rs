@@ -29,9 +29,12 @@ impl Drop for Server {
     }
 }
 
-fn start_server(port: u16, db: &Path) -> Server {
-    // Shared with the other default-model tests so the GGUF is imported once.
-    let data_dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("hindsight-data");
+fn start_server(port: u16, data_dir: &Path) -> Server {
+    // The model is shared with the other default-model tests so the GGUF is imported once; the
+    // data dir (database, adapters) is this test's own.
+    let shared = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("hindsight-data");
+    let model = hindsight::model::default_model::default_model_dir(&shared).expect("model");
+    let db = data_dir.join("dashboard.db");
     let child = Command::new(env!("CARGO_BIN_EXE_hindsight"))
         .args([
             "serve",
@@ -41,6 +44,10 @@ fn start_server(port: u16, db: &Path) -> Server {
             "cpu",
         ])
         .args(["--admin-token", ADMIN_TOKEN])
+        // One judged turn is enough for a step, so the roll back step has a version to undo.
+        .args(["--learn-batch", "1"])
+        .arg("--model")
+        .arg(model)
         .arg("--data-dir")
         .arg(data_dir)
         .arg("--database-url")
@@ -74,7 +81,7 @@ fn dashboard_in_a_real_browser() {
     );
     let tmp = tempfile::tempdir().unwrap();
     let port = free_port();
-    let _server = start_server(port, &tmp.path().join("dashboard.db"));
+    let _server = start_server(port, tmp.path());
     let artifacts = repo().join("target/browser-artifacts");
     let output = Command::new("node")
         .args([

@@ -141,7 +141,12 @@ test('training page; roll back a version when a learner serves one', async (t) =
   await page.waitForSelector('#versions-table');
   await shot('6-training');
   const learner = await admin('/learner');
-  const versions = (await admin('/versions')).data.filter((v) => v.status !== 'rejected');
+  // The thumbs-down above is the learner's one sample: wait for the step it triggers.
+  let versions = [];
+  for (let i = 0; learner.enabled && versions.length === 0 && i < 240; i++) {
+    versions = (await admin('/versions')).data.filter((v) => v.status !== 'rejected');
+    if (versions.length === 0) await new Promise((r) => setTimeout(r, 1000));
+  }
   if (!learner.enabled || versions.length === 0) {
     t.skip(`needs a learner with a published version (learner enabled: ${learner.enabled}, versions: ${versions.length})`);
     return;
