@@ -25,6 +25,9 @@ pub struct TrainArgs {
     /// Response tokens per sample.
     #[arg(long, default_value_t = 128)]
     pub response_tokens: usize,
+    /// Samples per forward/backward pass [default: the trainer's default].
+    #[arg(long)]
+    pub micro_batch: Option<usize>,
     /// Timed steps (after one warm-up step).
     #[arg(long, default_value_t = 3)]
     pub repeats: usize,
@@ -117,9 +120,11 @@ fn reference(
 
 pub fn run(args: TrainArgs) -> anyhow::Result<()> {
     let model_dir = args.model.model_dir()?;
+    let defaults = TrainerConfig::default();
     let config = TrainerConfig {
         mode: LearnMode::Rl,
-        ..TrainerConfig::default()
+        micro_batch: args.micro_batch.unwrap_or(defaults.micro_batch),
+        ..defaults
     };
     let mut trainer = Trainer::new(&model_dir, Device::Cpu, config.clone(), None)?;
     let batch = samples(&args, trainer.model().config().vocab_size);
