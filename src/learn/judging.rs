@@ -42,16 +42,23 @@ impl JudgeWorker {
                 tokio::time::sleep(self.poll).await;
                 continue;
             }
+            let mut failed = false;
             for task in tasks {
-                self.judge_one(task).await;
+                failed |= !self.judge_one(task).await;
+            }
+            // A failing judge (e.g. a remote one that is down) is retried, but not in a hot loop.
+            if failed {
+                tokio::time::sleep(self.poll).await;
             }
         }
     }
 
-    async fn judge_one(&self, task: JudgeTask) {
+    /// False when the judge failed and the turn was handed back for a later retry.
+    async fn judge_one(&self, task: JudgeTask) -> bool {
         let turn_id = task.turn_id;
         let claim = &task.claim;
         let input = judge_input(&task);
+        let mut judged = true;
         let outcome = match self.chain.judge(&input).await {
             Ok(Some(verdict)) => {
                 let (judgement, sample) = records(&task, &verdict, self.mode);
@@ -69,12 +76,15 @@ impl JudgeWorker {
             }
             Err(err) => {
                 tracing::warn!(turn_id, %err, "judging failed; the turn will be retried");
+                judged = false;
                 self.store.release_judge_claim(claim).await
             }
         };
         if let Err(err) = outcome {
             tracing::warn!(turn_id, %err, "recording a judgement failed");
+            judged = false;
         }
+        judged
     }
 }
 

@@ -234,11 +234,6 @@ impl Trainer {
                 metrics.samples_skipped += 1;
                 continue;
             };
-            match kind {
-                SampleKind::Rl => metrics.samples_rl += 1,
-                SampleKind::Opd => metrics.samples_opd += 1,
-                SampleKind::Both => metrics.samples_both += 1,
-            }
             let reward = if mode.uses_reward() {
                 sample.reward
             } else {
@@ -247,8 +242,20 @@ impl Trainer {
             if kind != SampleKind::Rl {
                 let hint = sample.hint.as_deref().unwrap_or_default();
                 let messages = hinted_messages(&sample.messages, hint);
-                let prompt = self.chat_prompt(&messages, sample.tools.as_deref())?;
-                teacher_rows.push((prepared.len(), prompt));
+                match self.chat_prompt(&messages, sample.tools.as_deref()) {
+                    Ok(prompt) => teacher_rows.push((prepared.len(), prompt)),
+                    Err(err) => {
+                        // One unrenderable sample does not sink the batch.
+                        tracing::warn!(sample = sample.id, error = %format!("{err:#}"), "no hinted context; sample skipped");
+                        metrics.samples_skipped += 1;
+                        continue;
+                    }
+                }
+            }
+            match kind {
+                SampleKind::Rl => metrics.samples_rl += 1,
+                SampleKind::Opd => metrics.samples_opd += 1,
+                SampleKind::Both => metrics.samples_both += 1,
             }
             prepared.push(Prepared {
                 sample,

@@ -164,13 +164,27 @@ impl TrainingLoop {
             .runtime
             .block_on(self.versions.state())?
             .serving_version;
-        let metrics = trainer.step(&samples)?;
         let step_number = self
             .runtime
             .block_on(self.store.steps(1))?
             .first()
             .map_or(1, |s| s.step + 1);
         let sample_ids: Vec<i64> = rows.iter().map(|r| r.id).collect();
+        let metrics = match trainer.step(&samples) {
+            Ok(metrics) => metrics,
+            Err(err) => {
+                // Recorded with its samples consumed, so one bad batch is not retried forever.
+                let message = format!("{err:#}");
+                self.runtime.block_on(self.store.record_step(&NewStep {
+                    step: step_number,
+                    policy_version: serving,
+                    created_version: None,
+                    metrics: json!({ "error": message }),
+                    sample_ids,
+                }))?;
+                anyhow::bail!("training step {step_number} failed: {message}");
+            }
+        };
         let trained = metrics.tokens > 0;
         let mut created_version = None;
         if trained {
