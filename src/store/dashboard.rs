@@ -204,19 +204,8 @@ pub struct StepRow {
     pub judge_score: Option<f64>,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize)]
-pub struct VersionRow {
-    pub version: i64,
-    pub step: Option<i64>,
-    pub path: String,
-    /// published | promoted | rejected | rolled_back
-    pub status: String,
-    /// Why a guard rejected it.
-    pub reason: Option<String>,
-    pub guard: Option<Value>,
-    pub metrics: Option<Value>,
-    pub created_at: Time,
-}
+/// Versions are the learner's own rows (`Store::versions`).
+pub use super::learner::VersionRow;
 
 /// The newest row id of each table the live feed follows.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
@@ -337,7 +326,7 @@ impl Store {
 
     /// Every policy version, newest first.
     pub async fn dashboard_versions(&self) -> Result<Vec<VersionRow>, StoreError> {
-        Ok(dispatch!(self.db(), sql::versions())?)
+        self.versions().await
     }
 
     /// Feedback from the dashboard on any key's turn (the turn's own key is used).

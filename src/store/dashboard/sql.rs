@@ -385,15 +385,6 @@ macro_rules! dashboard_sql {
 
             const VERSION_COLUMNS: &str = "version, step, path, status, reason, guard, metrics, created_at";
 
-            pub async fn versions(pool: &Pool) -> Result<Vec<VersionRow>, sqlx::Error> {
-                let rows = sqlx::query(&format!(
-                    "SELECT {VERSION_COLUMNS} FROM policy_versions ORDER BY version DESC"
-                ))
-                .fetch_all(pool)
-                .await?;
-                rows.iter().map(version_from_row).collect()
-            }
-
             pub async fn turn_key(pool: &Pool, response_id: &str) -> Result<Option<String>, sqlx::Error> {
                 sqlx::query_scalar("SELECT key_id FROM turns WHERE response_id = $1")
                     .bind(response_id)
