@@ -19,10 +19,10 @@ fn measure(model: &Transformer, batch: usize, steps: usize) -> anyhow::Result<f6
     for (i, &slot) in slots.iter().enumerate() {
         // Different prompt lengths, as in real serving.
         let prompt: Vec<u32> = (0..(48 + 8 * i) as u32).map(|t| 100 + t * 7).collect();
-        let _ = model.prefill(&mut cache, slot, &prompt, false)?;
+        let _ = model.prefill(&mut cache, slot, &prompt, None)?;
     }
     let mut tokens: Vec<u32> = vec![42; batch];
-    let flags = vec![false; batch];
+    let flags = vec![None; batch];
     let mut run = |n: usize| -> anyhow::Result<()> {
         for _ in 0..n {
             let logits = model.decode(&mut cache, &slots, &tokens, &flags)?;

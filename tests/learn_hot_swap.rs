@@ -43,13 +43,17 @@ fn request(engine: &LocalEngine, i: usize) -> GenerateRequest {
 
 /// A non-trivial adapter: B filled with a small constant that differs per version.
 fn adapter(engine_dir: &std::path::Path, version: u64) -> AdapterSnapshot {
+    adapter_scaled(engine_dir, version, 1e-4)
+}
+
+fn adapter_scaled(engine_dir: &std::path::Path, version: u64, scale: f32) -> AdapterSnapshot {
     let config = hindsight::model::config::ModelConfig::from_dir(engine_dir).unwrap();
     let mut snapshot = TrainableAdapter::new(&config, LoraConfig::default(), Device::Cpu)
         .unwrap()
         .snapshot();
     for t in &mut snapshot.tensors {
         if t.name.contains("lora_B") {
-            t.data.iter_mut().for_each(|x| *x = 1e-4 * version as f32);
+            t.data.iter_mut().for_each(|x| *x = scale * version as f32);
         }
     }
     snapshot
@@ -86,7 +90,7 @@ async fn streams_survive_swaps_and_new_requests_get_the_new_version() {
         engine
             .handle()
             .update(move |model| {
-                let outcome = model.set_adapter(Some(&snapshot));
+                let outcome = model.install_adapter(version, Some(&snapshot));
                 let _ = done.send(outcome.clone());
                 outcome.map(|()| version)
             })
@@ -101,5 +105,76 @@ async fn streams_survive_swaps_and_new_requests_get_the_new_version() {
         let (tokens, _) = task.await.unwrap();
         assert_eq!(tokens, 24, "every stream in flight completes");
     }
+    engine.handle().shutdown();
+}
+
+/// Greedy, 32 tokens, whatever the model says.
+fn greedy(engine: &LocalEngine, i: usize) -> GenerateRequest {
+    let mut request = request(engine, i);
+    request.sampling = SamplingParams {
+        temperature: 0.0,
+        ..SamplingParams::default()
+    };
+    request.stop.max_tokens = 32;
+    request
+}
+
+async fn tokens_and_version(mut stream: hindsight::engine::EventStream) -> (Vec<u32>, u64) {
+    let mut tokens = Vec::new();
+    while let Some(event) = stream.recv().await {
+        match event {
+            GenerateEvent::Token(t) => tokens.push(t.token_id),
+            GenerateEvent::Finish(f) => return (tokens, f.policy_version),
+            GenerateEvent::Error(e) => panic!("the stream failed: {e}"),
+        }
+    }
+    panic!("a stream ended without a finish event");
+}
+
+/// A sequence keeps the adapter it started on to its last token: a swap in the middle of a
+/// greedy stream changes nothing in it (it is labelled with, and was produced by, the version
+/// it started on), while a request admitted after the swap is answered by the new adapter.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stream_finishes_on_the_version_it_started_on() {
+    let dir = model_dir();
+    let mut options = EngineOptions::new(dir.clone(), "lease");
+    options.max_batch = 2;
+    let engine = LocalEngine::start(options).unwrap();
+    let (unswapped, version) = tokens_and_version(engine.submit(greedy(&engine, 1)).unwrap()).await;
+    assert_eq!((unswapped.len(), version), (32, 0));
+
+    let mut stream = engine.submit(greedy(&engine, 1)).unwrap();
+    let mut head = Vec::new();
+    while head.len() < 4 {
+        match stream.recv().await {
+            Some(GenerateEvent::Token(t)) => head.push(t.token_id),
+            other => panic!("expected a token, got {other:?}"),
+        }
+    }
+    let snapshot = adapter_scaled(&dir, 1, 0.05);
+    let (done, installed) = tokio::sync::oneshot::channel();
+    engine
+        .handle()
+        .update(move |model| {
+            let outcome = model.install_adapter(1, Some(&snapshot));
+            let _ = done.send(outcome.clone());
+            outcome.map(|()| 1)
+        })
+        .unwrap();
+    installed.await.unwrap().expect("the adapter installs");
+    let (tail, version) = tokens_and_version(stream).await;
+    head.extend(tail);
+    assert_eq!(
+        version, 0,
+        "the stream is labelled with the version it started on"
+    );
+    assert_eq!(
+        head, unswapped,
+        "the stream was produced by the version it started on"
+    );
+
+    let (fresh, version) = tokens_and_version(engine.submit(greedy(&engine, 1)).unwrap()).await;
+    assert_eq!(version, 1);
+    assert_ne!(fresh, unswapped, "the new adapter must change the reply");
     engine.handle().shutdown();
 }

@@ -69,7 +69,7 @@ fn adamw_steps_raise_target_logprob_and_leave_base_bit_identical() {
     // The same adapter served through a snapshot gives the trained log-probs.
     let snapshot = adapter.snapshot();
     let mut server = load("smollm2");
-    server.set_adapter(Some(&snapshot)).unwrap();
+    server.install_adapter(1, Some(&snapshot)).unwrap();
     let served = tch::no_grad(|| mean_logprob(&server, &batch, true)).double_value(&[]);
     assert!(
         (served - after).abs() < 1e-4,
@@ -110,7 +110,7 @@ fn peft_files_load_in_peft_with_the_same_logits() {
     snapshot.save_peft(&adapter_dir).unwrap(); // replacing an existing adapter works too
     let loaded = AdapterSnapshot::load_peft(&adapter_dir).unwrap();
     assert!(loaded == snapshot, "PEFT round trip changed the adapter");
-    model.set_adapter(Some(&loaded)).unwrap();
+    model.install_adapter(1, Some(&loaded)).unwrap();
 
     let prompts: Vec<Vec<u32>> = vec![
         vec![1, 504, 3458, 282, 4649, 314],
@@ -125,12 +125,12 @@ fn peft_files_load_in_peft_with_the_same_logits() {
     for (i, prompt) in prompts.iter().enumerate() {
         let expected = Tensor::from_slice(&fixtures::floats(&reference["adapted"][i]));
         let slot = cache.alloc().unwrap();
-        let ours = model.prefill(&mut cache, slot, prompt, true).unwrap();
+        let ours = model.prefill(&mut cache, slot, prompt, Some(1)).unwrap();
         let diff = (&ours - &expected).abs().max().double_value(&[]);
         assert!(diff < 1e-3, "prompt {i}: max |Δ logit| vs peft = {diff}");
         let base = {
             let other = cache.alloc().unwrap();
-            let base = model.prefill(&mut cache, other, prompt, false).unwrap();
+            let base = model.prefill(&mut cache, other, prompt, None).unwrap();
             cache.free(other);
             base
         };
@@ -140,26 +140,53 @@ fn peft_files_load_in_peft_with_the_same_logits() {
         );
         cache.free(slot);
     }
-    // Mixed batch: the adapter applies per row.
-    let (a, b) = (cache.alloc().unwrap(), cache.alloc().unwrap());
-    let _ = model.prefill(&mut cache, a, &prompts[0], true).unwrap();
-    let _ = model.prefill(&mut cache, b, &prompts[0], false).unwrap();
+    // Mixed batch: each row uses its own adapter (1, the base, or a second adapter 2 installed
+    // later while 1 stays leased), as sequences that straddle a hot-swap do.
+    let mut second = loaded.clone();
+    for t in second
+        .tensors
+        .iter_mut()
+        .filter(|t| t.name.contains("lora_B"))
+    {
+        t.data.iter_mut().for_each(|x| *x = -*x);
+    }
+    model.install_adapter(2, Some(&second)).unwrap();
+    let rows = [Some(1), None, Some(2)];
+    let slots: Vec<usize> = rows.iter().map(|_| cache.alloc().unwrap()).collect();
+    for (&slot, &adapter) in slots.iter().zip(&rows) {
+        let _ = model
+            .prefill(&mut cache, slot, &prompts[0], adapter)
+            .unwrap();
+    }
     let mixed = model
-        .decode(&mut cache, &[a, b], &[42, 42], &[true, false])
+        .decode(&mut cache, &slots, &[42, 42, 42], &rows)
         .unwrap();
-    let mut alone = |flag: bool| {
+    let mut alone = |adapter: Option<u64>| {
         let s = cache.alloc().unwrap();
-        let _ = model.prefill(&mut cache, s, &prompts[0], flag).unwrap();
+        let _ = model.prefill(&mut cache, s, &prompts[0], adapter).unwrap();
         let out = model
-            .decode(&mut cache, &[s], &[42], &[flag])
+            .decode(&mut cache, &[s], &[42], &[adapter])
             .unwrap()
             .get(0);
         cache.free(s);
         out
     };
-    let (with, without) = (alone(true), alone(false));
-    assert!((mixed.get(0) - with).abs().max().double_value(&[]) < 1e-4);
-    assert!((mixed.get(1) - without).abs().max().double_value(&[]) < 1e-4);
-    model.set_adapter(None).unwrap();
+    let each: Vec<Tensor> = rows.iter().map(|&a| alone(a)).collect();
+    for (i, expected) in each.iter().enumerate() {
+        let diff = (mixed.get(i as i64) - expected)
+            .abs()
+            .max()
+            .double_value(&[]);
+        assert!(diff < 1e-4, "row {i} ({:?}): max |Δ| = {diff}", rows[i]);
+    }
+    assert!(
+        (&each[0] - &each[2]).abs().max().double_value(&[]) > 1e-2,
+        "the two adapters must differ"
+    );
+    // Once no sequence uses adapter 1 it can be dropped; the current one (2) stays.
+    model.retain_adapters(&[]);
+    assert!(model.prefill(&mut cache, slots[0], &[1], Some(1)).is_err());
+    assert!(model.prefill(&mut cache, slots[2], &[1], Some(2)).is_ok());
+    model.install_adapter(3, None).unwrap();
     assert!(!model.has_adapter());
 }

@@ -65,7 +65,7 @@ fn max_abs_diff(a: &Tensor, b: &Tensor) -> f64 {
 fn prefill_alone(model: &Transformer, tokens: &[u32]) -> Tensor {
     let mut cache = model.new_cache(1, 16);
     let slot = cache.alloc().unwrap();
-    model.prefill(&mut cache, slot, tokens, false).unwrap()
+    model.prefill(&mut cache, slot, tokens, None).unwrap()
 }
 
 #[test]
@@ -130,13 +130,13 @@ fn smollm2_greedy_generation_matches_transformers() {
     let _guard = tch::no_grad_guard();
     let mut cache = model.new_cache(2, 8); // small capacity: generation exercises cache growth
     let slot = cache.alloc().unwrap();
-    let mut logits = model.prefill(&mut cache, slot, &prompt, false).unwrap();
+    let mut logits = model.prefill(&mut cache, slot, &prompt, None).unwrap();
     let mut ours = Vec::new();
     for _ in 0..expected.len() {
         let next = logits.argmax(-1, false).int64_value(&[]) as u32;
         ours.push(next);
         logits = model
-            .decode(&mut cache, &[slot], &[next], &[false])
+            .decode(&mut cache, &[slot], &[next], &[None])
             .unwrap()
             .get(0);
     }
@@ -162,12 +162,12 @@ fn batched_decode_equals_each_sequence_alone() {
         .map(|(i, p)| {
             let mut cache = model.new_cache(1, 4);
             let slot = cache.alloc().unwrap();
-            let _ = model.prefill(&mut cache, slot, p, false).unwrap();
+            let _ = model.prefill(&mut cache, slot, p, None).unwrap();
             steps
                 .iter()
                 .map(|s| {
                     model
-                        .decode(&mut cache, &[slot], &[s[i]], &[false])
+                        .decode(&mut cache, &[slot], &[s[i]], &[None])
                         .unwrap()
                         .get(0)
                 })
@@ -180,9 +180,9 @@ fn batched_decode_equals_each_sequence_alone() {
     let slots: Vec<usize> = (0..5).map(|_| cache.alloc().unwrap()).collect();
     let (live, extra) = ([slots[0], slots[2], slots[3], slots[4]], slots[1]);
     for (i, p) in prompts.iter().enumerate() {
-        let _ = model.prefill(&mut cache, live[i], p, false).unwrap();
+        let _ = model.prefill(&mut cache, live[i], p, None).unwrap();
     }
-    let _ = model.prefill(&mut cache, extra, &[5, 6, 7], false).unwrap();
+    let _ = model.prefill(&mut cache, extra, &[5, 6, 7], None).unwrap();
     for (step, s) in steps.iter().enumerate() {
         if step == 1 {
             cache.free(extra);
@@ -191,7 +191,7 @@ fn batched_decode_equals_each_sequence_alone() {
         let batch_slots: Vec<usize> = order.iter().map(|&i| live[i]).collect();
         let tokens: Vec<u32> = order.iter().map(|&i| s[i]).collect();
         let logits = model
-            .decode(&mut cache, &batch_slots, &tokens, &[false; 4])
+            .decode(&mut cache, &batch_slots, &tokens, &[None; 4])
             .unwrap();
         for (row, &i) in order.iter().enumerate() {
             let diff = max_abs_diff(&logits.get(row as i64), &alone[i][step]);
@@ -203,15 +203,15 @@ fn batched_decode_equals_each_sequence_alone() {
     }
     // A subset of the live sequences (not the first rows) decodes through the gather path.
     let logits = model
-        .decode(&mut cache, &[live[2]], &[50], &[false])
+        .decode(&mut cache, &[live[2]], &[50], &[None])
         .unwrap();
     let mut solo = model.new_cache(1, 4);
     let slot = solo.alloc().unwrap();
-    let _ = model.prefill(&mut solo, slot, &prompts[2], false).unwrap();
+    let _ = model.prefill(&mut solo, slot, &prompts[2], None).unwrap();
     for s in &steps {
-        let _ = model.decode(&mut solo, &[slot], &[s[2]], &[false]).unwrap();
+        let _ = model.decode(&mut solo, &[slot], &[s[2]], &[None]).unwrap();
     }
-    let expected = model.decode(&mut solo, &[slot], &[50], &[false]).unwrap();
+    let expected = model.decode(&mut solo, &[slot], &[50], &[None]).unwrap();
     assert!(max_abs_diff(&logits, &expected) < 1e-4);
 }
 
@@ -223,14 +223,12 @@ fn chunked_prefill_equals_whole_prompt() {
     let whole = prefill_alone(&model, &prompt);
     let mut cache = model.new_cache(1, 4);
     let slot = cache.alloc().unwrap();
+    let _ = model.prefill(&mut cache, slot, &prompt[..7], None).unwrap();
     let _ = model
-        .prefill(&mut cache, slot, &prompt[..7], false)
-        .unwrap();
-    let _ = model
-        .prefill(&mut cache, slot, &prompt[7..19], false)
+        .prefill(&mut cache, slot, &prompt[7..19], None)
         .unwrap();
     let chunked = model
-        .prefill(&mut cache, slot, &prompt[19..], false)
+        .prefill(&mut cache, slot, &prompt[19..], None)
         .unwrap();
     assert!(max_abs_diff(&whole, &chunked) < 1e-4);
 }
@@ -278,25 +276,25 @@ fn context_overflow_and_bad_tokens_are_errors() {
     let slot = cache.alloc().unwrap();
     let long: Vec<u32> = vec![3; max + 1];
     assert!(matches!(
-        model.prefill(&mut cache, slot, &long, false),
+        model.prefill(&mut cache, slot, &long, None),
         Err(ModelError::ContextOverflow { .. })
     ));
     let _ = model
-        .prefill(&mut cache, slot, &vec![3; max], false)
+        .prefill(&mut cache, slot, &vec![3; max], None)
         .unwrap();
     assert!(matches!(
-        model.decode(&mut cache, &[slot], &[4], &[false]),
+        model.decode(&mut cache, &[slot], &[4], &[None]),
         Err(ModelError::ContextOverflow { .. })
     ));
     let other = cache.alloc().unwrap();
     assert!(matches!(
-        model.prefill(&mut cache, other, &[1000], false),
+        model.prefill(&mut cache, other, &[1000], None),
         Err(ModelError::TokenOutOfRange { .. })
     ));
-    assert!(model.prefill(&mut cache, 1, &[], false).is_err());
+    assert!(model.prefill(&mut cache, 1, &[], None).is_err());
     cache.free(other);
     assert!(
-        model.prefill(&mut cache, other, &[1], false).is_err(),
+        model.prefill(&mut cache, other, &[1], None).is_err(),
         "freed slot must be rejected"
     );
     assert!(

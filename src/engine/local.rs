@@ -97,24 +97,33 @@ impl StepModel for TransformerRunner {
         &mut self,
         slot: usize,
         tokens: &[u32],
-        use_adapter: bool,
+        adapter: Option<u64>,
     ) -> Result<tch::Tensor, String> {
         self.model
-            .prefill(&mut self.cache, slot, tokens, use_adapter)
+            .prefill(&mut self.cache, slot, tokens, adapter)
             .map_err(|e| e.to_string())
     }
     fn decode(
         &mut self,
         slots: &[usize],
         tokens: &[u32],
-        use_adapter: &[bool],
+        adapters: &[Option<u64>],
     ) -> Result<tch::Tensor, String> {
         self.model
-            .decode(&mut self.cache, slots, tokens, use_adapter)
+            .decode(&mut self.cache, slots, tokens, adapters)
             .map_err(|e| e.to_string())
     }
-    fn set_adapter(&mut self, adapter: Option<&AdapterSnapshot>) -> Result<(), String> {
-        self.model.set_adapter(adapter).map_err(|e| e.to_string())
+    fn install_adapter(
+        &mut self,
+        id: u64,
+        adapter: Option<&AdapterSnapshot>,
+    ) -> Result<(), String> {
+        self.model
+            .install_adapter(id, adapter)
+            .map_err(|e| e.to_string())
+    }
+    fn retain_adapters(&mut self, ids: &[u64]) {
+        self.model.retain_adapters(ids)
     }
 }
 

@@ -25,20 +25,32 @@ pub trait StepModel {
     fn max_slots(&self) -> usize;
     fn alloc_slot(&mut self) -> Option<usize>;
     fn free_slot(&mut self, slot: usize);
-    /// Feeds the next chunk of a sequence's prompt; returns the logits of its last position, [vocab].
-    fn prefill(&mut self, slot: usize, tokens: &[u32], use_adapter: bool)
-        -> Result<Tensor, String>;
-    /// One token per sequence; returns [B, vocab] logits.
+    /// Feeds the next chunk of a sequence's prompt with the adapter installed under `adapter`
+    /// (None: the base weights); returns the logits of its last position, [vocab].
+    fn prefill(
+        &mut self,
+        slot: usize,
+        tokens: &[u32],
+        adapter: Option<u64>,
+    ) -> Result<Tensor, String>;
+    /// One token per sequence, each with its own adapter; returns [B, vocab] logits.
     fn decode(
         &mut self,
         slots: &[usize],
         tokens: &[u32],
-        use_adapter: &[bool],
+        adapters: &[Option<u64>],
     ) -> Result<Tensor, String>;
-    /// Installs (Some) or removes (None) the serving adapter.
-    fn set_adapter(&mut self, _adapter: Option<&AdapterSnapshot>) -> Result<(), String> {
+    /// Installs an adapter (None: the base weights) under `id` as the one new sequences use;
+    /// the previous one stays usable until `retain_adapters` drops it.
+    fn install_adapter(
+        &mut self,
+        _id: u64,
+        _adapter: Option<&AdapterSnapshot>,
+    ) -> Result<(), String> {
         Err("this model does not take adapters".into())
     }
+    /// Drops every earlier adapter whose id is not listed.
+    fn retain_adapters(&mut self, _ids: &[u64]) {}
 }
 
 /// A change to the model made on the serving thread between steps; returns the new policy
@@ -74,12 +86,11 @@ struct Sequence {
     /// The token to feed at the next decode step.
     next_input: Option<u32>,
     policy_version: u64,
+    /// The adapter this sequence runs on from its first token to its last (None: the base).
+    adapter: Option<u64>,
 }
 
 impl Sequence {
-    fn use_adapter(&self) -> bool {
-        self.request.adapter == AdapterChoice::Current
-    }
     fn prefill_done(&self) -> bool {
         self.prefilled >= self.request.prompt_tokens.len()
     }
@@ -160,10 +171,12 @@ impl<M: StepModel> Scheduler<M> {
             }
             Command::Update(update) => {
                 match update(&mut self.model) {
-                    Ok(version) => self
-                        .counters
-                        .policy_version
-                        .store(version, Ordering::SeqCst),
+                    Ok(version) => {
+                        self.counters
+                            .policy_version
+                            .store(version, Ordering::SeqCst);
+                        self.release_adapters();
+                    }
                     Err(err) => {
                         tracing::error!(%err, "model update failed; serving goes on unchanged")
                     }
@@ -210,6 +223,7 @@ impl<M: StepModel> Scheduler<M> {
                 let _ = events.try_send(GenerateEvent::Error("no free sequence slot".into()));
                 continue;
             };
+            let version = self.counters.policy_version.load(Ordering::SeqCst);
             self.running.push(Sequence {
                 sampler: SequenceSampler::new(request.sampling.clone()),
                 stop: StopMatcher::new(&request.stop.stop_strings),
@@ -217,7 +231,8 @@ impl<M: StepModel> Scheduler<M> {
                 prefilled: 0,
                 generated: 0,
                 next_input: None,
-                policy_version: self.counters.policy_version.load(Ordering::SeqCst),
+                policy_version: version,
+                adapter: (request.adapter == AdapterChoice::Current).then_some(version),
                 slot,
                 request,
                 events,
@@ -240,7 +255,7 @@ impl<M: StepModel> Scheduler<M> {
             let end = (seq.prefilled + budget).min(seq.request.prompt_tokens.len());
             let chunk = &seq.request.prompt_tokens[seq.prefilled..end];
             budget -= chunk.len();
-            let logits = self.model.prefill(seq.slot, chunk, seq.use_adapter());
+            let logits = self.model.prefill(seq.slot, chunk, seq.adapter);
             seq.prefilled = end;
             match logits {
                 Err(err) => {
@@ -268,10 +283,7 @@ impl<M: StepModel> Scheduler<M> {
             .iter()
             .map(|&i| self.running[i].next_input.unwrap_or(0))
             .collect();
-        let adapters: Vec<bool> = ready
-            .iter()
-            .map(|&i| self.running[i].use_adapter())
-            .collect();
+        let adapters: Vec<Option<u64>> = ready.iter().map(|&i| self.running[i].adapter).collect();
         let mut finished = Vec::new();
         match self.model.decode(&slots, &tokens, &adapters) {
             Err(err) => {
@@ -385,11 +397,22 @@ impl<M: StepModel> Scheduler<M> {
     }
 
     fn retire(&mut self, mut indices: Vec<usize>) {
+        if indices.is_empty() {
+            return;
+        }
         indices.sort_unstable();
         indices.dedup();
         for &i in indices.iter().rev() {
             let seq = self.running.remove(i);
             self.model.free_slot(seq.slot);
         }
+        self.release_adapters();
+    }
+
+    /// Lets the model drop the adapters of versions no running sequence uses any more.
+    fn release_adapters(&mut self) {
+        let mut live: Vec<u64> = self.running.iter().filter_map(|s| s.adapter).collect();
+        live.push(self.counters.policy_version.load(Ordering::SeqCst));
+        self.model.retain_adapters(&live);
     }
 }

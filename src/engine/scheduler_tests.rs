@@ -1,7 +1,7 @@
 //! The scheduler against a tiny deterministic model: token t is always followed by t + 1.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tch::Tensor;
@@ -17,8 +17,29 @@ const EOS: u32 = 31;
 struct Counting {
     free: Vec<usize>,
     last: Vec<u32>,
-    widest_batch: Arc<AtomicUsize>,
+    probe: Probe,
     step_delay: Duration,
+    /// Adapter ids: the current one and those still leased.
+    current: u64,
+    leased: Vec<u64>,
+}
+
+/// What the fake model saw, for the tests to check.
+#[derive(Clone, Default)]
+struct Probe {
+    widest_batch: Arc<AtomicUsize>,
+    /// The adapter of each row, per decode step.
+    decoded_adapters: Arc<Mutex<Vec<Vec<Option<u64>>>>>,
+    /// Adapter ids held after each change (current first).
+    held: Arc<Mutex<Vec<u64>>>,
+}
+
+impl Counting {
+    fn report_held(&self) {
+        let mut held = vec![self.current];
+        held.extend(&self.leased);
+        *self.probe.held.lock().unwrap() = held;
+    }
 }
 
 fn next_logits(tokens: &[u32]) -> Tensor {
@@ -47,15 +68,40 @@ impl StepModel for Counting {
     fn free_slot(&mut self, slot: usize) {
         self.free.push(slot);
     }
-    fn prefill(&mut self, slot: usize, tokens: &[u32], _: bool) -> Result<Tensor, String> {
+    fn prefill(&mut self, slot: usize, tokens: &[u32], _: Option<u64>) -> Result<Tensor, String> {
         let last = *tokens.last().ok_or("empty chunk")?;
         self.last[slot] = last;
         Ok(next_logits(&[last]).squeeze_dim(0))
     }
-    fn decode(&mut self, slots: &[usize], tokens: &[u32], _: &[bool]) -> Result<Tensor, String> {
+    fn decode(
+        &mut self,
+        slots: &[usize],
+        tokens: &[u32],
+        adapters: &[Option<u64>],
+    ) -> Result<Tensor, String> {
         std::thread::sleep(self.step_delay);
-        self.widest_batch.fetch_max(slots.len(), Ordering::SeqCst);
+        self.probe
+            .widest_batch
+            .fetch_max(slots.len(), Ordering::SeqCst);
+        self.probe
+            .decoded_adapters
+            .lock()
+            .unwrap()
+            .push(adapters.to_vec());
         Ok(next_logits(tokens))
+    }
+    fn install_adapter(
+        &mut self,
+        id: u64,
+        _: Option<&crate::model::peft::AdapterSnapshot>,
+    ) -> Result<(), String> {
+        self.leased.push(std::mem::replace(&mut self.current, id));
+        self.report_held();
+        Ok(())
+    }
+    fn retain_adapters(&mut self, ids: &[u64]) {
+        self.leased.retain(|id| ids.contains(id));
+        self.report_held();
     }
 }
 
@@ -69,17 +115,19 @@ impl Decode for Letters {
     }
 }
 
-fn engine(slots: usize, queue: usize, delay_ms: u64) -> (EngineHandle, Arc<AtomicUsize>) {
-    let widest = Arc::new(AtomicUsize::new(0));
-    let w = Arc::clone(&widest);
+fn engine(slots: usize, queue: usize, delay_ms: u64) -> (EngineHandle, Probe) {
+    let probe = Probe::default();
+    let p = probe.clone();
     let handle = EngineHandle::spawn(
         move || {
             Ok(LoadedModel {
                 model: Counting {
                     free: (0..slots).rev().collect(),
                     last: vec![0; slots],
-                    widest_batch: w,
+                    probe: p,
                     step_delay: Duration::from_millis(delay_ms),
+                    current: 0,
+                    leased: Vec::new(),
                 },
                 decoder: Arc::new(Letters),
                 eos_tokens: vec![EOS],
@@ -89,7 +137,7 @@ fn engine(slots: usize, queue: usize, delay_ms: u64) -> (EngineHandle, Arc<Atomi
         queue,
     )
     .expect("engine starts");
-    (handle, widest)
+    (handle, probe)
 }
 
 fn request(prompt: Vec<u32>, max_tokens: usize) -> GenerateRequest {
@@ -159,7 +207,7 @@ fn stop_strings_and_stop_tokens_end_generation() {
 
 #[test]
 fn concurrent_sequences_decode_in_one_batch() {
-    let (engine, widest) = engine(8, 16, 2);
+    let (engine, probe) = engine(8, 16, 2);
     let streams: Vec<_> = (0..6)
         .map(|i| engine.submit(request(vec![i], 20)).unwrap())
         .collect();
@@ -173,7 +221,10 @@ fn concurrent_sequences_decode_in_one_batch() {
         assert_eq!(ids, expected[..cut]);
         assert!(finish.is_some());
     }
-    assert!(widest.load(Ordering::SeqCst) >= 4, "batched decode");
+    assert!(
+        probe.widest_batch.load(Ordering::SeqCst) >= 4,
+        "batched decode"
+    );
 }
 
 #[test]
@@ -212,4 +263,38 @@ fn dropping_the_stream_frees_the_slot() {
     let (ids, _, finish) = collect(engine.submit(request(vec![5], 2)).unwrap());
     assert_eq!(ids, [6, 7]);
     assert!(finish.is_some());
+}
+
+#[test]
+fn a_sequence_keeps_its_adapter_across_an_update_until_it_finishes() {
+    let (engine, probe) = engine(4, 8, 5);
+    let mut long = engine.submit(request(vec![0], 30)).unwrap();
+    assert!(matches!(
+        long.blocking_recv(),
+        Some(GenerateEvent::Token(_))
+    ));
+    engine
+        .update(|model| model.install_adapter(1, None).map(|()| 1))
+        .unwrap();
+    let (_, _, short) = collect(engine.submit(request(vec![0], 3)).unwrap());
+    assert_eq!(short.unwrap().policy_version, 1);
+    assert_eq!(
+        *probe.held.lock().unwrap(),
+        [1, 0],
+        "version 0 stays while the long sequence runs on it"
+    );
+    let (ids, _, long) = collect(long);
+    assert_eq!((ids.len(), long.unwrap().policy_version), (29, 0));
+    let steps = probe.decoded_adapters.lock().unwrap().clone();
+    assert!(
+        steps
+            .iter()
+            .any(|rows| rows.contains(&Some(0)) && rows.contains(&Some(1))),
+        "one batch served both versions: {steps:?}"
+    );
+    assert_eq!(
+        *probe.held.lock().unwrap(),
+        [1],
+        "version 0 is released with its last sequence"
+    );
 }

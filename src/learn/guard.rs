@@ -83,12 +83,13 @@ pub fn greedy_replies(
     let _no_grad = tch::no_grad_guard();
     let mut cache = model.new_cache(prompts.len().max(1), 128);
     let mut replies = vec![Vec::new(); prompts.len()];
+    let adapter = use_adapter.then(|| model.adapter_id());
     let mut active = Vec::new();
     for (i, prompt) in prompts.iter().enumerate() {
         let slot = cache
             .alloc()
             .ok_or_else(|| anyhow::anyhow!("no cache slot for probe {i}"))?;
-        let logits = model.prefill(&mut cache, slot, prompt, use_adapter)?;
+        let logits = model.prefill(&mut cache, slot, prompt, adapter)?;
         let token = logits.argmax(-1, false).int64_value(&[]) as u32;
         active.push((i, slot, token));
     }
@@ -109,7 +110,7 @@ pub fn greedy_replies(
         }
         let slots: Vec<usize> = active.iter().map(|a| a.1).collect();
         let tokens: Vec<u32> = active.iter().map(|a| a.2).collect();
-        let flags = vec![use_adapter; active.len()];
+        let flags = vec![adapter; active.len()];
         let logits = model.decode(&mut cache, &slots, &tokens, &flags)?;
         let next: Vec<i64> = Vec::try_from(logits.argmax(-1, false))?;
         for (a, n) in active.iter_mut().zip(next) {

@@ -161,7 +161,7 @@ impl VersionControl {
         self.engine
             .handle()
             .update(move |model| {
-                let outcome = model.set_adapter(snapshot.as_deref());
+                let outcome = model.install_adapter(version as u64, snapshot.as_deref());
                 let reply = outcome.clone();
                 let _ = done.send(reply);
                 outcome.map(|()| version as u64)

@@ -7,7 +7,7 @@
 use tch::{Device, Kind, Tensor};
 
 use super::error::ModelError;
-use super::transformer::{KvSource, StepContext, Transformer};
+use super::transformer::{AdapterGroup, KvSource, StepContext, Transformer};
 
 pub struct KvCache {
     /// Per layer [max_slots, kv_heads, capacity, head_dim] in the model's dtype.
@@ -201,14 +201,15 @@ impl KvSource for DecodeKv<'_> {
 }
 
 impl Transformer {
-    /// Runs the prompt (or its next chunk) of the sequence in `slot`; returns the logits of
-    /// its last position, [vocab] f32.
+    /// Runs the prompt (or its next chunk) of the sequence in `slot` with the adapter installed
+    /// under `adapter` (None: the base weights); returns the logits of its last position,
+    /// [vocab] f32.
     pub fn prefill(
         &self,
         cache: &mut KvCache,
         slot: usize,
         tokens: &[u32],
-        use_adapter: bool,
+        adapter: Option<u64>,
     ) -> Result<Tensor, ModelError> {
         if tokens.is_empty() {
             return Err(ModelError::InvalidRequest(
@@ -216,6 +217,7 @@ impl Transformer {
             ));
         }
         self.check_tokens(tokens)?;
+        let adapter = self.installed_adapter(adapter)?;
         let row = cache.row(slot)?;
         let start = cache.lens[slot];
         let end = start + tokens.len();
@@ -231,13 +233,12 @@ impl Transformer {
         let query_pos = Tensor::arange_start(s, s + t, (Kind::Int64, self.device)).view([t, 1]);
         let key_pos = Tensor::arange(end as i64, (Kind::Int64, self.device)).view([1, end as i64]);
         let mask = key_pos.le_tensor(&query_pos).view([1, 1, t, end as i64]);
-        let logits = self.with_adapter(use_adapter, |adapter| {
+        let logits = self.with_adapters(vec![(adapter, None)], |adapters| {
             let ctx = StepContext {
                 cos: self.rope.cos.narrow(0, s, t).view([1, t, 1, hd]),
                 sin: self.rope.sin.narrow(0, s, t).view([1, t, 1, hd]),
                 mask: Some(self.grouped_mask(mask)),
-                adapter,
-                row_mask: None,
+                adapters,
             };
             let mut kv = PrefillKv {
                 cache,
@@ -252,20 +253,21 @@ impl Transformer {
     }
 
     /// One token for each listed sequence, decoded together; returns [B, vocab] f32 logits
-    /// in the order of `slots`. `use_adapter[b] = false` computes row b with the base weights.
+    /// in the order of `slots`. Row b uses the adapter installed under `adapters[b]` (None:
+    /// the base weights), so one batch may mix adapters.
     pub fn decode(
         &self,
         cache: &mut KvCache,
         slots: &[usize],
         tokens: &[u32],
-        use_adapter: &[bool],
+        adapters: &[Option<u64>],
     ) -> Result<Tensor, ModelError> {
         let b = slots.len();
-        if b == 0 || tokens.len() != b || use_adapter.len() != b {
+        if b == 0 || tokens.len() != b || adapters.len() != b {
             return Err(ModelError::InvalidRequest(format!(
-                "decode needs one token and one adapter flag per slot (slots {b}, tokens {}, flags {})",
+                "decode needs one token and one adapter per slot (slots {b}, tokens {}, adapters {})",
                 tokens.len(),
-                use_adapter.len()
+                adapters.len()
             )));
         }
         self.check_tokens(tokens)?;
@@ -309,21 +311,9 @@ impl Transformer {
                 .view([bi, 1, 1, len_max as i64]);
             self.grouped_mask(mask)
         });
-        let flags: Vec<bool> = order.iter().map(|&i| use_adapter[i]).collect();
-        let any_adapter = self.adapter.is_some() && flags.iter().any(|&f| f);
-        let row_mask = if any_adapter && !flags.iter().all(|&f| f) {
-            let m: Vec<f32> = flags.iter().map(|&f| if f { 1.0 } else { 0.0 }).collect();
-            let kind = self.adapter_kind();
-            Some(
-                Tensor::from_slice(&m)
-                    .to_device(dev)
-                    .to_kind(kind)
-                    .view([bi, 1, 1]),
-            )
-        } else {
-            None
-        };
-        let logits = self.with_adapter(any_adapter, |adapter| {
+        let row_adapters: Vec<Option<u64>> = order.iter().map(|&i| adapters[i]).collect();
+        let groups = self.adapter_groups(&row_adapters)?;
+        let logits = self.with_adapters(groups, |adapters| {
             let ctx = StepContext {
                 cos: self
                     .rope
@@ -336,8 +326,7 @@ impl Transformer {
                     .index_select(0, &positions)
                     .view([bi, 1, 1, hd]),
                 mask,
-                adapter,
-                row_mask,
+                adapters,
             };
             let mut kv = DecodeKv {
                 cache,
@@ -363,11 +352,42 @@ impl Transformer {
         Ok(logits.index_select(0, &Tensor::from_slice(&inverse).to_device(dev)))
     }
 
-    fn adapter_kind(&self) -> Kind {
-        self.adapter
-            .as_ref()
-            .and_then(|a| a.pairs.first().and_then(|l| l.first()).map(|p| p.a.kind()))
-            .unwrap_or(self.kind)
+    /// The installed adapters of a batch with the rows each applies to (no row mask when one
+    /// adapter serves every row).
+    fn adapter_groups(
+        &self,
+        row_adapters: &[Option<u64>],
+    ) -> Result<Vec<AdapterGroup<'_>>, ModelError> {
+        let mut ids: Vec<u64> = row_adapters.iter().flatten().copied().collect();
+        ids.sort_unstable();
+        ids.dedup();
+        let mut groups = Vec::with_capacity(ids.len());
+        for id in ids {
+            let Some(adapter) = self.installed_adapter(Some(id))? else {
+                continue;
+            };
+            let rows = if row_adapters.iter().all(|&a| a == Some(id)) {
+                None
+            } else {
+                let kind = adapter
+                    .pairs
+                    .first()
+                    .and_then(|l| l.first())
+                    .map_or(self.kind, |p| p.a.kind());
+                let m: Vec<f32> = row_adapters
+                    .iter()
+                    .map(|&a| if a == Some(id) { 1.0 } else { 0.0 })
+                    .collect();
+                Some(
+                    Tensor::from_slice(&m)
+                        .to_device(self.device)
+                        .to_kind(kind)
+                        .view([m.len() as i64, 1, 1]),
+                )
+            };
+            groups.push((Some(adapter), rows));
+        }
+        Ok(groups)
     }
 }
 

@@ -348,14 +348,51 @@ impl AdapterSnapshot {
     }
 }
 
+/// Serving adapters by id (the policy version). A sequence keeps the adapter it started on,
+/// so a swap installs the new adapter as the current one and leases the old one until the
+/// scheduler says no sequence uses it (`retain_adapters`).
 impl Transformer {
-    /// Replaces the serving adapter (None removes it). The new adapter is fully built before
-    /// the old one is dropped, so a failure leaves the current adapter in place.
-    pub fn set_adapter(&mut self, snapshot: Option<&AdapterSnapshot>) -> Result<(), ModelError> {
-        let Some(snapshot) = snapshot else {
-            self.adapter = None;
-            return Ok(());
-        };
+    /// Installs `snapshot` (None: the base weights) as the current adapter under `id`; the
+    /// previous current adapter stays usable under its id. The new adapter is fully built
+    /// first, so a failure changes nothing.
+    pub fn install_adapter(
+        &mut self,
+        id: u64,
+        snapshot: Option<&AdapterSnapshot>,
+    ) -> Result<(), ModelError> {
+        let installed = snapshot.map(|s| self.build_adapter(s)).transpose()?;
+        let previous = std::mem::replace(&mut self.adapter, installed);
+        let previous_id = std::mem::replace(&mut self.adapter_id, id);
+        self.leased.retain(|(leased, _)| *leased != id);
+        if previous_id != id {
+            self.leased.push((previous_id, previous));
+        }
+        Ok(())
+    }
+
+    /// Drops the leased adapters whose ids are not listed (the current one always stays).
+    pub fn retain_adapters(&mut self, ids: &[u64]) {
+        self.leased.retain(|(id, _)| ids.contains(id));
+    }
+
+    /// The adapter installed under `id` (None: the base weights, as is an id installed
+    /// without an adapter); an id that is neither current nor leased is an error.
+    pub(crate) fn installed_adapter(
+        &self,
+        id: Option<u64>,
+    ) -> Result<Option<&InstalledAdapter>, ModelError> {
+        let Some(id) = id else { return Ok(None) };
+        if id == self.adapter_id {
+            return Ok(self.adapter.as_ref());
+        }
+        self.leased
+            .iter()
+            .find(|(leased, _)| *leased == id)
+            .map(|(_, adapter)| adapter.as_ref())
+            .ok_or_else(|| ModelError::Adapter(format!("no adapter is installed under id {id}")))
+    }
+
+    fn build_adapter(&self, snapshot: &AdapterSnapshot) -> Result<InstalledAdapter, ModelError> {
         let _guard = tch::no_grad_guard();
         let pairs = snapshot.to_pairs(&self.config, self.kind, self.device)?;
         let scale = snapshot.config.scale();
@@ -363,11 +400,10 @@ impl Transformer {
             .iter()
             .map(|p| lora::fuse_layer(p, &self.config, scale))
             .collect();
-        self.adapter = Some(InstalledAdapter {
+        Ok(InstalledAdapter {
             config: snapshot.config.clone(),
             pairs,
             fused: Some(fused),
-        });
-        Ok(())
+        })
     }
 }

@@ -7,7 +7,7 @@ use tch::{Device, Kind, Tensor};
 
 use super::config::ModelConfig;
 use super::error::ModelError;
-use super::lora::{self, LayerLora, LoraConfig, LoraPair, TrainableAdapter};
+use super::lora::{self, FusedLora, LayerLora, LoraConfig, LoraPair, TrainableAdapter};
 use super::rope::{self, RopeTables};
 use super::weights::WeightFiles;
 
@@ -44,7 +44,11 @@ pub struct Transformer {
     final_norm: Tensor,
     pub(crate) layers: Vec<Layer>,
     pub(crate) rope: RopeTables,
+    /// The current adapter (serving or trainable), installed under `adapter_id`.
     pub(crate) adapter: Option<InstalledAdapter>,
+    pub(crate) adapter_id: u64,
+    /// Earlier serving adapters kept for the sequences that started on them (see `peft.rs`).
+    pub(crate) leased: Vec<(u64, Option<InstalledAdapter>)>,
     /// bf16 on CPU: f32 room for the largest weight (see `Transformer::linear`).
     scratch: Option<Tensor>,
 }
@@ -67,6 +71,17 @@ impl KvSource for NoCache {
     }
 }
 
+/// An adapter applied to some rows of a batch.
+pub(crate) struct RowsAdapter<'a> {
+    pub layers: &'a [LayerLora],
+    /// [B, 1, 1] 0/1 factor on the adapter delta of each row; None applies it to all rows.
+    pub rows: Option<Tensor>,
+}
+
+/// An installed adapter (None: the base) and the [B, 1, 1] 0/1 mask of the rows it serves
+/// (None: every row).
+pub(crate) type AdapterGroup<'a> = (Option<&'a InstalledAdapter>, Option<Tensor>);
+
 /// Per-forward inputs shared by all layers.
 pub(crate) struct StepContext<'a> {
     /// Broadcastable to [B, T, heads, head_dim], f32.
@@ -75,9 +90,8 @@ pub(crate) struct StepContext<'a> {
     /// Bool [B, 1, groups * T, L] (see `Transformer::grouped_mask`); true = may attend.
     /// None when every query sees every key it is given (a cheaper SDPA path).
     pub mask: Option<Tensor>,
-    pub adapter: Option<&'a [LayerLora]>,
-    /// [B, 1, 1] 0/1 factor on the adapter delta of each row; None applies it to all rows.
-    pub row_mask: Option<Tensor>,
+    /// Rows without an adapter use the base weights.
+    pub adapters: Vec<RowsAdapter<'a>>,
 }
 
 impl Transformer {
@@ -181,6 +195,8 @@ impl Transformer {
             lm_head,
             layers,
             adapter: None,
+            adapter_id: 0,
+            leased: Vec::new(),
         })
     }
 
@@ -227,7 +243,8 @@ impl Transformer {
         out
     }
 
-    /// Installs a trainable adapter: `forward_logits(.., true)` then trains its variables.
+    /// Installs a trainable adapter as the current one (id 0): `forward_logits(.., true)` then
+    /// trains its variables.
     pub fn attach_trainable(&mut self, adapter: &TrainableAdapter) -> Result<(), ModelError> {
         if adapter.num_layers() != self.config.num_layers {
             return Err(ModelError::Adapter(format!(
@@ -241,11 +258,18 @@ impl Transformer {
             pairs: adapter.pairs(),
             fused: None,
         });
+        self.adapter_id = 0;
+        self.leased.clear();
         Ok(())
     }
 
     pub fn has_adapter(&self) -> bool {
         self.adapter.is_some()
+    }
+
+    /// The id the current adapter is installed under (rows pass it to use that adapter).
+    pub fn adapter_id(&self) -> u64 {
+        self.adapter_id
     }
 
     pub(crate) fn check_tokens(&self, tokens: &[u32]) -> Result<(), ModelError> {
@@ -323,8 +347,6 @@ impl Transformer {
     fn layer(&self, index: usize, x: &Tensor, ctx: &StepContext, kv: &mut dyn KvSource) -> Tensor {
         let c = &self.config;
         let l = &self.layers[index];
-        let lora = ctx.adapter.map(|a| &a[index]);
-        let row_mask = ctx.row_mask.as_ref();
         let (b, t) = (x.size()[0], x.size()[1]);
         let (nh, nkv, hd) = (c.num_heads as i64, c.num_kv_heads as i64, c.head_dim as i64);
         let (qd, kvd) = (nh * hd, nkv * hd);
@@ -333,12 +355,9 @@ impl Transformer {
         let h = x
             .rms_norm([c.hidden_size as i64], Some(&l.input_norm), eps)
             .to_kind(self.kind);
-        let qkv = lora::add_delta(
-            self.linear(&h, &l.qkv_w, l.qkv_b.as_ref()),
-            &h,
-            lora.and_then(|a| a.qkv.as_ref()),
-            row_mask,
-        );
+        let qkv = adapted(self.linear(&h, &l.qkv_w, l.qkv_b.as_ref()), &h, ctx, |a| {
+            a[index].qkv.as_ref()
+        });
         let v = qkv.narrow(-1, qd + kvd, kvd).view([b, t, nkv, hd]);
         let (q, k) = match (&l.q_norm, &l.k_norm) {
             (Some(qn), Some(kn)) => {
@@ -369,31 +388,25 @@ impl Transformer {
         };
         let (keys, values) = kv.keys_values(index, &k, &v);
         let attn = self.attend(&q, &keys, &values, ctx.mask.as_ref());
-        let o = lora::add_delta(
+        let o = adapted(
             self.linear(&attn, &l.o_w, l.o_b.as_ref()),
             &attn,
-            lora.and_then(|a| a.o.as_ref()),
-            row_mask,
+            ctx,
+            |a| a[index].o.as_ref(),
         );
         let x = x + o;
 
         let h = x
             .rms_norm([c.hidden_size as i64], Some(&l.post_norm), eps)
             .to_kind(self.kind);
-        let gu = lora::add_delta(
-            self.linear(&h, &l.gate_up_w, None),
-            &h,
-            lora.and_then(|a| a.gate_up.as_ref()),
-            row_mask,
-        );
+        let gu = adapted(self.linear(&h, &l.gate_up_w, None), &h, ctx, |a| {
+            a[index].gate_up.as_ref()
+        });
         let inter = c.intermediate_size as i64;
         let act = gu.narrow(-1, 0, inter).silu() * gu.narrow(-1, inter, inter);
-        let down = lora::add_delta(
-            self.linear(&act, &l.down_w, None),
-            &act,
-            lora.and_then(|a| a.down.as_ref()),
-            row_mask,
-        );
+        let down = adapted(self.linear(&act, &l.down_w, None), &act, ctx, |a| {
+            a[index].down.as_ref()
+        });
         x + down
     }
 
@@ -451,28 +464,53 @@ impl Transformer {
         }
     }
 
-    /// Fused adapter layers for one forward: the serving adapter's precomputed ones, or a
-    /// trainable adapter fused now (keeping the autograd graph to its variables).
-    pub(crate) fn with_adapter<R>(
+    /// Runs `f` with the fused layers of each adapter in `groups` (adapter, rows it applies
+    /// to): serving adapters are fused once at install, a trainable adapter is fused now so
+    /// the autograd graph reaches its variables. Groups without an adapter use the base.
+    pub(crate) fn with_adapters<R>(
         &self,
-        use_adapter: bool,
-        f: impl FnOnce(Option<&[LayerLora]>) -> R,
+        groups: Vec<AdapterGroup>,
+        f: impl FnOnce(Vec<RowsAdapter>) -> R,
     ) -> R {
-        match (&self.adapter, use_adapter) {
-            (Some(adapter), true) => match &adapter.fused {
-                Some(fused) => f(Some(fused)),
-                None => {
-                    let scale = adapter.config.scale();
-                    let fused: Vec<LayerLora> = adapter
-                        .pairs
+        let groups: Vec<(&InstalledAdapter, Option<Tensor>)> = groups
+            .into_iter()
+            .filter_map(|(a, rows)| a.map(|a| (a, rows)))
+            .collect();
+        let fused_now: Vec<Option<Vec<LayerLora>>> = groups
+            .iter()
+            .map(|(a, _)| {
+                a.fused.is_none().then(|| {
+                    let scale = a.config.scale();
+                    a.pairs
                         .iter()
                         .map(|p| lora::fuse_layer(p, &self.config, scale))
-                        .collect();
-                    f(Some(&fused))
-                }
-            },
-            _ => f(None),
-        }
+                        .collect()
+                })
+            })
+            .collect();
+        let adapters = groups
+            .into_iter()
+            .zip(&fused_now)
+            .map(|((a, rows), now)| RowsAdapter {
+                layers: now.as_deref().or(a.fused.as_deref()).unwrap_or(&[]),
+                rows,
+            })
+            .collect();
+        f(adapters)
+    }
+
+    /// The current adapter for every row (`use_adapter`), or none.
+    pub(crate) fn with_current_adapter<R>(
+        &self,
+        use_adapter: bool,
+        f: impl FnOnce(Vec<RowsAdapter>) -> R,
+    ) -> R {
+        let current = if use_adapter {
+            self.adapter.as_ref()
+        } else {
+            None
+        };
+        self.with_adapters(vec![(current, None)], f)
     }
 
     /// Residual stream after the last layer, [B, T, hidden] f32, for right-padded `input_ids`
@@ -515,13 +553,12 @@ impl Transformer {
         let ctx_mask = causal.logical_and(&keys_valid);
         let cos = self.rope.cos.narrow(0, 0, t).view([1, t, 1, hd]);
         let sin = self.rope.sin.narrow(0, 0, t).view([1, t, 1, hd]);
-        Ok(self.with_adapter(use_adapter, |adapter| {
+        Ok(self.with_current_adapter(use_adapter, |adapters| {
             let ctx = StepContext {
                 cos,
                 sin,
                 mask: Some(self.grouped_mask(ctx_mask)),
-                adapter,
-                row_mask: None,
+                adapters,
             };
             self.run_layers(self.embed(&ids), &ctx, &mut NoCache)
         }))
@@ -536,6 +573,18 @@ impl Transformer {
     ) -> Result<Tensor, ModelError> {
         Ok(self.logits(&self.forward_hidden(input_ids, attention_mask, use_adapter)?))
     }
+}
+
+/// `base` plus the delta of every adapter of the step on its rows.
+fn adapted(
+    base: Tensor,
+    x: &Tensor,
+    ctx: &StepContext,
+    pick: impl Fn(&[LayerLora]) -> Option<&FusedLora>,
+) -> Tensor {
+    ctx.adapters.iter().fold(base, |acc, a| {
+        lora::add_delta(acc, x, pick(a.layers), a.rows.as_ref())
+    })
 }
 
 /// Rows of a [.., features] input.
