@@ -13,6 +13,10 @@ use sqlx::types::Json;
 use sqlx::PgPool;
 
 use super::apply::Applied;
+use super::apply_pg_rows::{
+    insert_chat_thumbs, insert_next_states, insert_turns, NextStateColumns, ThumbColumns,
+    TurnColumns,
+};
 use super::canonical::{
     chat_rating, content_text, hash_messages, link_hash, split_trailing_replies,
 };
@@ -499,83 +503,11 @@ async fn write_turns(
         }
     }
 
-    let inserted = sqlx::query(
-        "INSERT INTO turns (id, response_id, session_pk, seq, parent_turn, key_id, turn_type, \
-         endpoint, model, messages, tools, prompt_token_ids, response_text, response_tool_calls, \
-         finish_reason, response_token_ids, response_logprobs, extra_choices, policy_version, \
-         sampling, prompt_tokens, completion_tokens, latency_ms, ttft_ms, prefix_hash, \
-         continuation_hash, created_at, logged_at) \
-         SELECT *, $28::timestamptz FROM UNNEST($1::bigint[], $2::text[], $3::bigint[], $4::bigint[], \
-           $5::bigint[], $6::text[], $7::text[], $8::text[], $9::text[], $10::jsonb[], $11::jsonb[], \
-           $12::bytea[], $13::text[], $14::jsonb[], $15::text[], $16::bytea[], $17::bytea[], \
-           $18::jsonb[], $19::bigint[], $20::jsonb[], $21::bigint[], $22::bigint[], $23::bigint[], \
-           $24::bigint[], $25::text[], $26::text[], $27::timestamptz[]) \
-         ON CONFLICT (response_id) DO NOTHING",
-    )
-    .bind(&rows.id)
-    .bind(&rows.response_id)
-    .bind(&rows.session_pk)
-    .bind(&rows.seq)
-    .bind(&rows.parent)
-    .bind(&rows.key)
-    .bind(&rows.turn_type)
-    .bind(&rows.endpoint)
-    .bind(&rows.model)
-    .bind(&rows.messages)
-    .bind(&rows.tools)
-    .bind(&rows.prompt_ids)
-    .bind(&rows.text)
-    .bind(&rows.calls)
-    .bind(&rows.finish)
-    .bind(&rows.ids)
-    .bind(&rows.logprobs)
-    .bind(&rows.extra)
-    .bind(&rows.policy)
-    .bind(&rows.sampling)
-    .bind(&rows.prompt_tokens)
-    .bind(&rows.completion_tokens)
-    .bind(&rows.latency)
-    .bind(&rows.ttft)
-    .bind(&rows.prefix_hash)
-    .bind(&rows.continuation_hash)
-    .bind(&rows.created_at)
-    .bind(now)
-    .execute(&mut *tx)
-    .await?;
-    if inserted.rows_affected() != planned.len() as u64 {
+    if insert_turns(tx, &rows, now).await? != planned.len() as u64 {
         return Ok(false); // a response id is already stored
     }
-
-    if !next.turn_id.is_empty() {
-        sqlx::query(
-            "INSERT INTO next_states (turn_id, position, role, content, message, created_at) \
-             SELECT * FROM UNNEST($1::bigint[], $2::bigint[], $3::text[], $4::text[], $5::jsonb[], \
-                                  $6::timestamptz[])",
-        )
-        .bind(&next.turn_id)
-        .bind(&next.position)
-        .bind(&next.role)
-        .bind(&next.content)
-        .bind(&next.message)
-        .bind(&next.created_at)
-        .execute(&mut *tx)
-        .await?;
-    }
-    if !thumbs.turn_id.is_empty() {
-        sqlx::query(
-            "INSERT INTO feedback (feedback_id, turn_id, rating, correction, source, created_at) \
-             SELECT f.id, f.turn_id, f.rating, NULL, 'chat', f.created_at \
-             FROM UNNEST($1::text[], $2::bigint[], $3::text[], $4::timestamptz[]) \
-               AS f(id, turn_id, rating, created_at) \
-             ON CONFLICT (feedback_id) DO NOTHING",
-        )
-        .bind(&thumbs.feedback_id)
-        .bind(&thumbs.turn_id)
-        .bind(&thumbs.rating)
-        .bind(&thumbs.created_at)
-        .execute(&mut *tx)
-        .await?;
-    }
+    insert_next_states(tx, &next).await?;
+    insert_chat_thumbs(tx, &thumbs).await?;
     Ok(true)
 }
 
@@ -597,54 +529,4 @@ fn new_session(key: &str, name: String, explicit: bool, at: Time) -> Session {
 
 fn new_session_name() -> String {
     format!("sess_{}", uuid::Uuid::now_v7().simple())
-}
-
-/// One array per `turns` column, bound to `UNNEST`.
-#[derive(Default)]
-struct TurnColumns<'a> {
-    id: Vec<i64>,
-    response_id: Vec<&'a str>,
-    session_pk: Vec<i64>,
-    seq: Vec<i64>,
-    parent: Vec<Option<i64>>,
-    key: Vec<&'a str>,
-    turn_type: Vec<&'a str>,
-    endpoint: Vec<&'a str>,
-    model: Vec<&'a str>,
-    messages: Vec<Json<&'a Value>>,
-    tools: Vec<Option<Json<&'a Value>>>,
-    prompt_ids: Vec<Vec<u8>>,
-    text: Vec<&'a str>,
-    calls: Vec<Option<Json<&'a Value>>>,
-    finish: Vec<&'a str>,
-    ids: Vec<Vec<u8>>,
-    logprobs: Vec<Vec<u8>>,
-    extra: Vec<Option<Json<Value>>>,
-    policy: Vec<i64>,
-    sampling: Vec<Json<&'a Value>>,
-    prompt_tokens: Vec<i64>,
-    completion_tokens: Vec<i64>,
-    latency: Vec<i64>,
-    ttft: Vec<Option<i64>>,
-    prefix_hash: Vec<Option<&'a str>>,
-    continuation_hash: Vec<&'a str>,
-    created_at: Vec<Time>,
-}
-
-#[derive(Default)]
-struct NextStateColumns<'a> {
-    turn_id: Vec<i64>,
-    position: Vec<i64>,
-    role: Vec<&'a str>,
-    content: Vec<String>,
-    message: Vec<Json<&'a Value>>,
-    created_at: Vec<Time>,
-}
-
-#[derive(Default)]
-struct ThumbColumns {
-    feedback_id: Vec<String>,
-    turn_id: Vec<i64>,
-    rating: Vec<&'static str>,
-    created_at: Vec<Time>,
 }

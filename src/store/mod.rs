@@ -3,6 +3,7 @@
 
 pub mod apply;
 pub mod apply_pg;
+mod apply_pg_rows;
 pub mod bench;
 pub mod canonical;
 pub mod capture;
