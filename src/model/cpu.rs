@@ -1,4 +1,4 @@
-//! CPU tuning of libtorch's bundled MKL.
+//! CPU tuning: libtorch's bundled MKL, and how bf16 matmuls run.
 //!
 //! MKL picks its kernels by asking `mkl_serv_intel_cpu_true()` whether it runs on an Intel
 //! CPU; on AMD the answer is 0 and it falls back to generic SSE code. libtorch exports that
@@ -16,3 +16,25 @@ pub extern "C" fn mkl_serv_intel_cpu_true() -> std::os::raw::c_int {
 /// Keeps the override linked into every binary even though nothing in Rust calls it.
 #[used]
 static KEEP_MKL_OVERRIDE: extern "C" fn() -> std::os::raw::c_int = mkl_serv_intel_cpu_true;
+
+/// Whether bf16 matmuls should run as bf16 in libtorch (oneDNN's AVX512-BF16 / AMX kernels)
+/// rather than widened to f32 first (see `Transformer::linear`). Without native bf16 dot
+/// products libtorch's bf16 gemm is several times slower than MKL's sgemm; with them, the
+/// widening copy is the slower path. `HINDSIGHT_BF16_GEMM=native|widen` forces one, for A/B
+/// measurements.
+pub fn native_bf16_matmul() -> bool {
+    match std::env::var("HINDSIGHT_BF16_GEMM").as_deref() {
+        Ok("native") => return true,
+        Ok("widen") => return false,
+        _ => {}
+    }
+    #[cfg(target_arch = "x86_64")]
+    {
+        // CPUs with AMX have AVX512-BF16 too.
+        std::arch::is_x86_feature_detected!("avx512bf16")
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
+    }
+}

@@ -49,7 +49,8 @@ pub struct Transformer {
     pub(crate) adapter_id: u64,
     /// Earlier serving adapters kept for the sequences that started on them (see `peft.rs`).
     pub(crate) leased: Vec<(u64, Option<InstalledAdapter>)>,
-    /// bf16 on CPU: f32 room for the largest weight (see `Transformer::linear`).
+    /// bf16 on a CPU without native bf16 matmuls: f32 room for the largest weight (see
+    /// `Transformer::linear`).
     scratch: Option<Tensor>,
 }
 
@@ -174,7 +175,9 @@ impl Transformer {
         } else {
             Some(w("lm_head.weight", &[v, h])?)
         };
-        let scratch = (kind == Kind::BFloat16 && device == Device::Cpu).then(|| {
+        let widen_bf16 =
+            kind == Kind::BFloat16 && device == Device::Cpu && !super::cpu::native_bf16_matmul();
+        let scratch = widen_bf16.then(|| {
             let largest = layers
                 .iter()
                 .flat_map(|l| [&l.qkv_w, &l.o_w, &l.gate_up_w, &l.down_w])
