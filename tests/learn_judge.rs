@@ -1,5 +1,5 @@
 //! The judge library end to end: the rules judge on realistic next messages, and the `openai`
-//! judge against a fake OpenAI-compatible server started inside the test.
+//! judge against a fake OpenAI-compatible server started inside the test (over HTTP and TLS).
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -243,11 +243,15 @@ async fn completions(
     .into_response()
 }
 
+fn app(fake: &Arc<Fake>) -> Router {
+    Router::new()
+        .route("/v1/chat/completions", post(completions))
+        .with_state(fake.clone())
+}
+
 async fn serve(fake: Fake) -> (String, Arc<Fake>) {
     let fake = Arc::new(fake);
-    let app = Router::new()
-        .route("/v1/chat/completions", post(completions))
-        .with_state(fake.clone());
+    let app = app(&fake);
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
@@ -475,4 +479,93 @@ async fn default_chain_feedback_then_rules_then_the_llm() {
         ..turn(vec![])
     };
     assert_eq!(chain.judge(&nothing).await.unwrap(), None);
+}
+
+/// The fake judge over TLS at `https://localhost:PORT/v1`, with a self-signed certificate made
+/// here for "localhost"; also the directory holding that certificate as `ca.pem`.
+async fn serve_tls(fake: Fake) -> (String, tempfile::TempDir, Arc<Fake>) {
+    let fake = Arc::new(fake);
+    let cert = rcgen::generate_simple_self_signed(vec!["localhost".to_string()]).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("ca.pem"), cert.cert.pem()).unwrap();
+    let tls = axum_server::tls_rustls::RustlsConfig::from_pem(
+        cert.cert.pem().into_bytes(),
+        cert.signing_key.serialize_pem().into_bytes(),
+    )
+    .await
+    .unwrap();
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let server = axum_server::from_tcp_rustls(listener, tls).unwrap();
+    let service = app(&fake).into_make_service();
+    tokio::spawn(async move { server.serve(service).await.unwrap() });
+    (format!("https://localhost:{port}/v1"), dir, fake)
+}
+
+#[tokio::test]
+async fn openai_judge_over_https_trusts_the_given_ca_only() {
+    let (url, dir, fake) = serve_tls(Fake {
+        eval: vec![r"\boxed{-1}"],
+        hints: vec![r"\boxed{1} [HINT]Answer with just the city name.[/HINT]"],
+        honour_n: true,
+        ..Fake::default()
+    })
+    .await;
+    let mut config = LlmJudgeConfig::new(&url, "m");
+    config.ca_cert = Some(dir.path().join("ca.pem"));
+    let judge = judge_from_config(&config).unwrap();
+    let verdict = judge.judge(&correction_turn()).await.unwrap().unwrap();
+    assert_eq!((verdict.source, verdict.score), ("openai", -1));
+    assert_eq!(
+        verdict.hint.as_deref(),
+        Some("Answer with just the city name.")
+    );
+    assert_eq!(fake.bodies.lock().unwrap().len(), 2);
+
+    // Without the CA the public roots do not vouch for the certificate.
+    let judge = judge_from_config(&LlmJudgeConfig::new(&url, "m")).unwrap();
+    let err = judge.judge(&correction_turn()).await.unwrap_err();
+    let text = err.to_string();
+    assert!(matches!(err, JudgeError::Http { .. }), "{err:?}");
+    assert!(text.contains(&format!("{url}/chat/completions")), "{text}");
+    assert!(text.contains("invalid peer certificate"), "{text}");
+    assert!(text.contains("TLS certificate problem"), "{text}");
+    assert!(text.contains("--judge-ca-cert"), "{text}");
+    assert_eq!(fake.bodies.lock().unwrap().len(), 2, "nothing got through");
+}
+
+#[test]
+fn a_bad_ca_cert_file_is_a_config_error_naming_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let cases = [
+        ("missing.pem", None, "cannot read it"),
+        (
+            "empty.pem",
+            Some("not a certificate\n"),
+            "contains no PEM certificate",
+        ),
+        (
+            "broken.pem",
+            Some("-----BEGIN CERTIFICATE-----\n!!!\n-----END CERTIFICATE-----\n"),
+            "not a valid PEM certificate file",
+        ),
+        (
+            "not-x509.pem",
+            Some("-----BEGIN CERTIFICATE-----\naGVsbG8=\n-----END CERTIFICATE-----\n"),
+            "not a usable CA certificate",
+        ),
+    ];
+    for (name, contents, problem) in cases {
+        let path = dir.path().join(name);
+        if let Some(contents) = contents {
+            std::fs::write(&path, contents).unwrap();
+        }
+        let mut config = LlmJudgeConfig::new("https://localhost:1/v1", "m");
+        config.ca_cert = Some(path.clone());
+        let err = judge_from_config(&config).err().expect(name);
+        let text = err.to_string();
+        assert!(matches!(err, JudgeError::Config(_)), "{name}: {err:?}");
+        assert!(text.contains(&path.display().to_string()), "{text}");
+        assert!(text.contains(problem), "{text}");
+    }
 }

@@ -67,6 +67,10 @@ pub struct LearnFlags {
     /// The API key of --judge-url.
     #[arg(long, env = "HINDSIGHT_JUDGE_KEY")]
     pub judge_key: Option<String>,
+    /// A PEM file of the CA that signed an https:// --judge-url's certificate (a private CA);
+    /// public CAs are trusted without it.
+    #[arg(long, env = "HINDSIGHT_JUDGE_CA_CERT")]
+    pub judge_ca_cert: Option<PathBuf>,
     /// Votes per judged turn [default: 3].
     #[arg(long, env = "HINDSIGHT_JUDGE_VOTES")]
     pub judge_votes: Option<usize>,
@@ -94,6 +98,7 @@ impl LearnFlags {
             judge_url: self.judge_url.or(file.judge_url),
             judge_model: self.judge_model.or(file.judge_model),
             judge_key: self.judge_key.or(file.judge_key),
+            judge_ca_cert: self.judge_ca_cert.or(file.judge_ca_cert),
             judge_votes: self.judge_votes.or(file.judge_votes),
             judge_local: self.judge_local.or(file.judge_local),
         }
@@ -139,6 +144,9 @@ impl LearnFlags {
         if self.judge_url.is_some() != self.judge_model.is_some() {
             anyhow::bail!("--judge-url and --judge-model go together: give both or neither");
         }
+        if self.judge_ca_cert.is_some() && self.judge_url.is_none() {
+            anyhow::bail!("--judge-ca-cert is for a --judge-url judge: give --judge-url too");
+        }
         Ok(())
     }
 
@@ -169,6 +177,7 @@ impl LearnFlags {
         let llm = match (&self.judge_url, &self.judge_model) {
             (Some(url), Some(model)) => Some(judge_from_config(&LlmJudgeConfig {
                 api_key: self.judge_key.clone(),
+                ca_cert: self.judge_ca_cert.clone(),
                 votes,
                 ..LlmJudgeConfig::new(url.clone(), model.clone())
             })?),
@@ -221,4 +230,30 @@ pub async fn start_learner(
         "learner started"
     );
     Ok(learner)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn judge_ca_cert_comes_from_the_learn_table_and_needs_a_judge_url() {
+        let file: LearnFlags = toml::from_str(
+            "judge_url = \"https://judge.internal/v1\"\njudge_model = \"m\"\n\
+             judge_ca_cert = \"/etc/hindsight/ca.pem\"",
+        )
+        .unwrap();
+        let flags = LearnFlags::default().or(file);
+        assert_eq!(
+            flags.judge_ca_cert.as_deref(),
+            Some(Path::new("/etc/hindsight/ca.pem"))
+        );
+        assert!(flags.validate().is_ok());
+        let alone = LearnFlags {
+            judge_ca_cert: Some("ca.pem".into()),
+            ..LearnFlags::default()
+        };
+        let err = alone.validate().unwrap_err();
+        assert!(err.to_string().contains("--judge-ca-cert"), "{err}");
+    }
 }

@@ -1,5 +1,6 @@
 //! The judge chain (each judge answers only what it can) and its construction from settings.
 
+use std::path::PathBuf;
 use std::time::Duration;
 
 use super::llm::{LlmJudge, LlmJudgeOptions};
@@ -41,7 +42,7 @@ pub fn default_chain(llm: Option<Box<dyn Judge>>) -> JudgeChain {
 }
 
 /// An OpenAI-compatible judge as configured (`--judge-url/--judge-model/--judge-key/
-/// --judge-votes`).
+/// --judge-votes/--judge-ca-cert`).
 #[derive(Debug, Clone, PartialEq)]
 pub struct LlmJudgeConfig {
     pub url: String,
@@ -54,6 +55,8 @@ pub struct LlmJudgeConfig {
     pub max_tokens: u32,
     /// Also ask for hints.
     pub hints: bool,
+    /// A PEM file of the private CA that signed an `https://` judge's certificate.
+    pub ca_cert: Option<PathBuf>,
 }
 
 impl LlmJudgeConfig {
@@ -69,6 +72,7 @@ impl LlmJudgeConfig {
             timeout: sampler.timeout,
             max_tokens: sampler.max_tokens,
             hints: options.hints,
+            ca_cert: None,
         }
     }
 }
@@ -81,6 +85,7 @@ pub fn judge_from_config(config: &LlmJudgeConfig) -> Result<Box<dyn Judge>, Judg
         api_key: config.api_key.clone(),
         timeout: config.timeout,
         max_tokens: config.max_tokens,
+        ca_cert: config.ca_cert.clone(),
     })?;
     let options = LlmJudgeOptions {
         votes: config.votes,

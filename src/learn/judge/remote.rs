@@ -1,5 +1,9 @@
 //! Votes from any OpenAI-compatible chat-completions server (vLLM, Ollama, a hosted API).
+//!
+//! `https://` judges use rustls with the Mozilla roots built in (no system certificate store
+//! needed); a judge behind a private CA adds that CA with `ca_cert`.
 
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU8, Ordering};
 use std::time::Duration;
 
@@ -22,6 +26,9 @@ pub struct OpenAiSamplerConfig {
     /// Per HTTP request, connection included.
     pub timeout: Duration,
     pub max_tokens: u32,
+    /// A PEM file of CA certificates trusted besides the public roots, for an `https://` judge
+    /// whose certificate a private CA signed.
+    pub ca_cert: Option<PathBuf>,
 }
 
 impl OpenAiSamplerConfig {
@@ -32,8 +39,41 @@ impl OpenAiSamplerConfig {
             api_key: None,
             timeout: Duration::from_secs(120),
             max_tokens: 1024,
+            ca_cert: None,
         }
     }
+}
+
+/// The error and its causes, ": "-separated.
+fn error_chain(err: &dyn std::error::Error) -> String {
+    let mut message = err.to_string();
+    let mut source = err.source();
+    while let Some(cause) = source {
+        message.push_str(&format!(": {cause}"));
+        source = cause.source();
+    }
+    message
+}
+
+/// The certificates of a PEM file; an error naming the file when it cannot be read, is not PEM
+/// or holds no certificate.
+fn read_ca_certs(path: &Path) -> Result<Vec<reqwest::Certificate>, JudgeError> {
+    let problem = |what: String| {
+        JudgeError::Config(format!("judge CA certificate {}: {what}", path.display()))
+    };
+    let pem = std::fs::read(path).map_err(|e| problem(format!("cannot read it: {e}")))?;
+    let certs = reqwest::Certificate::from_pem_bundle(&pem).map_err(|e| {
+        problem(format!(
+            "not a valid PEM certificate file: {}",
+            error_chain(&e)
+        ))
+    })?;
+    if certs.is_empty() {
+        return Err(problem(
+            "contains no PEM certificate (-----BEGIN CERTIFICATE-----)".into(),
+        ));
+    }
+    Ok(certs)
 }
 
 // Whether the server returns `n` choices per request: learned from its first answer.
@@ -74,11 +114,25 @@ impl OpenAiSampler {
         } else {
             format!("{url}/chat/completions")
         };
-        let client = reqwest::Client::builder()
+        let mut builder = reqwest::Client::builder()
             .timeout(config.timeout)
-            .connect_timeout(config.timeout.min(Duration::from_secs(10)))
-            .build()
-            .map_err(|e| JudgeError::Config(format!("HTTP client: {e}")))?;
+            .connect_timeout(config.timeout.min(Duration::from_secs(10)));
+        if let Some(path) = &config.ca_cert {
+            for cert in read_ca_certs(path)? {
+                builder = builder.add_root_certificate(cert);
+            }
+        }
+        let client = builder.build().map_err(|e| {
+            let chain = error_chain(&e);
+            JudgeError::Config(match &config.ca_cert {
+                // The certificates are parsed as X.509 only here.
+                Some(path) => format!(
+                    "judge CA certificate {}: not a usable CA certificate: {chain}",
+                    path.display()
+                ),
+                None => format!("HTTP client: {chain}"),
+            })
+        })?;
         Ok(Self {
             base: url.to_string(),
             endpoint,
@@ -95,11 +149,13 @@ impl OpenAiSampler {
         if err.is_timeout() {
             return JudgeError::Timeout { url };
         }
-        let mut message = err.to_string();
-        let mut source = std::error::Error::source(&err);
-        while let Some(cause) = source {
-            message.push_str(&format!(": {cause}"));
-            source = cause.source();
+        let mut message = error_chain(&err);
+        // rustls says "invalid peer certificate: UnknownIssuer" (or NotValidForName, Expired…).
+        if message.to_ascii_lowercase().contains("certificate") {
+            message.push_str(
+                " (TLS certificate problem: the judge's certificate was not accepted; if a \
+                 private CA signed it, give that CA's PEM with --judge-ca-cert)",
+            );
         }
         JudgeError::Http { url, message }
     }
