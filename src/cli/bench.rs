@@ -23,6 +23,10 @@ pub enum Which {
     Proxy(ProxyArgs),
     /// One LoRA training step, side by side with the same step in PyTorch.
     Train(super::bench_train::TrainArgs),
+    /// Learning-rate sweep: how fast a scripted user's preference is learned, guard verdicts.
+    Learn(super::bench_learn::LearnArgs),
+    /// Serving throughput while the trainer runs steps, versus idle.
+    TrainServe(super::bench_train_serve::TrainServeArgs),
     /// Turns logged per second (synthetic turns, no model: the store is the bottleneck).
     Store(super::bench_store::StoreArgs),
 }
@@ -69,6 +73,8 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         Which::Proxy(args) => run_proxy(args),
         Which::Train(args) => super::bench_train::run(args),
         Which::Store(args) => super::bench_store::run(args),
+        Which::Learn(args) => super::bench_learn::run(args),
+        Which::TrainServe(args) => super::bench_train_serve::run(args),
     }
 }
 

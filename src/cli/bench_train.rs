@@ -40,19 +40,34 @@ pub struct TrainArgs {
 
 /// Synthetic RL samples (rewards ±1, no hints, so neither side runs a teacher pass).
 fn samples(args: &TrainArgs, vocab: usize) -> Vec<TrainingSample> {
+    synthetic_samples(
+        args.samples,
+        args.prompt_tokens,
+        args.response_tokens,
+        vocab,
+    )
+}
+
+/// `n` random samples of `prompt` + `response` tokens, the same for a given shape (seeded).
+pub(super) fn synthetic_samples(
+    n: usize,
+    prompt: usize,
+    response: usize,
+    vocab: usize,
+) -> Vec<TrainingSample> {
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(7);
-    (0..args.samples)
+    (0..n)
         .map(|i| TrainingSample {
             id: i as i64,
             messages: Vec::new(),
             tools: None,
-            prompt_ids: (0..args.prompt_tokens)
+            prompt_ids: (0..prompt)
                 .map(|_| rng.random_range(0..vocab as u32))
                 .collect(),
-            response_ids: (0..args.response_tokens)
+            response_ids: (0..response)
                 .map(|_| rng.random_range(0..vocab as u32))
                 .collect(),
-            behaviour_logprobs: (0..args.response_tokens)
+            behaviour_logprobs: (0..response)
                 .map(|_| -rng.random_range(0.5f32..8.0))
                 .collect(),
             policy_version: 0,
@@ -62,7 +77,7 @@ fn samples(args: &TrainArgs, vocab: usize) -> Vec<TrainingSample> {
         .collect()
 }
 
-fn median(mut values: Vec<f64>) -> f64 {
+pub(super) fn median(mut values: Vec<f64>) -> f64 {
     values.sort_by(f64::total_cmp);
     values.get(values.len() / 2).copied().unwrap_or(f64::NAN)
 }

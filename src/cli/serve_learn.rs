@@ -26,7 +26,7 @@ pub struct LearnFlags {
     /// [default: combined].
     #[arg(long, env = "HINDSIGHT_LEARN_MODE")]
     pub learn_mode: Option<LearnMode>,
-    /// AdamW learning rate of the LoRA adapter [default: 1e-4].
+    /// AdamW learning rate of the LoRA adapter [default: 3e-4].
     #[arg(long, env = "HINDSIGHT_LEARN_LR")]
     pub learn_lr: Option<f64>,
     /// Samples per training step [default: 16].

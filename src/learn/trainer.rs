@@ -45,7 +45,9 @@ impl Default for TrainerConfig {
         Self {
             mode: LearnMode::Combined,
             loss: LossConfig::default(),
-            lr: 1e-4,
+            // Chosen by `hindsight bench learn` (BENCHMARKS.md): 1e-4 barely moved in 6 steps,
+            // 5e-4 and up produced versions the guard held back.
+            lr: 3e-4,
             weight_decay: 0.0,
             grad_clip: 1.0,
             lora: LoraConfig::default(),
