@@ -160,7 +160,7 @@ fn install_adapter(
     engine
         .handle()
         .update(move |model| {
-            let outcome = model.set_adapter(snapshot.as_deref());
+            let outcome = model.install_adapter(version, snapshot.as_deref());
             let _ = done.send(outcome.clone());
             outcome.map(|()| version)
         })
