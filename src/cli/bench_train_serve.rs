@@ -15,11 +15,12 @@ use super::model_args::ModelArgs;
 use crate::engine::{Backend, LocalEngine};
 use crate::learn::samples::LearnMode;
 use crate::learn::trainer::{Trainer, TrainerConfig};
+use crate::learn::training::run_in_background;
 
 /// How the trainer thread is set up before it builds its model.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum TrainerThread {
-    /// As it starts today: normal priority, torch's default thread count.
+    /// Normal priority, torch's default thread count (the trainer thread before nice + 1 thread).
     Default,
     /// Lower OS priority (`--nice`) for the thread and the OpenMP workers it creates.
     Nice,
@@ -79,44 +80,19 @@ pub struct TrainServeArgs {
         long,
         value_enum,
         value_delimiter = ',',
-        default_value = "default,nice,one-thread"
+        default_value = "default,nice,one-thread,nice-one-thread"
     )]
     pub variants: Vec<TrainerThread>,
     /// Nice value for the `nice` variants (0–19; higher yields more).
-    #[arg(long, default_value_t = 10)]
+    #[arg(long, default_value_t = crate::learn::training::TRAINER_NICE)]
     pub nice: i32,
-}
-
-/// Lowers the calling thread's scheduling priority by setting its nice value. On Linux nice is
-/// per thread, and threads it creates afterwards (OpenMP workers) inherit it.
-pub fn set_thread_nice(nice: i32) -> std::io::Result<()> {
-    #[cfg(target_os = "linux")]
-    {
-        extern "C" {
-            fn gettid() -> i32;
-            fn setpriority(which: i32, who: u32, prio: i32) -> i32;
-        }
-        const PRIO_PROCESS: i32 = 0;
-        // SAFETY: plain libc calls on the calling thread's id; no memory is shared.
-        let rc = unsafe { setpriority(PRIO_PROCESS, gettid() as u32, nice) };
-        if rc != 0 {
-            return Err(std::io::Error::last_os_error());
-        }
-        Ok(())
-    }
-    #[cfg(not(target_os = "linux"))]
-    {
-        let _ = nice;
-        Err(std::io::Error::new(
-            std::io::ErrorKind::Unsupported,
-            "per-thread priority is only set on Linux",
-        ))
-    }
 }
 
 /// One measured phase.
 struct Phase {
     label: String,
+    /// Serving with the trainer thread set up (threads, priority) but not stepping.
+    idle_bursts: Vec<f64>,
     bursts: Vec<f64>,
     alone: Vec<f64>,
     loaded: Vec<f64>,
@@ -132,12 +108,14 @@ fn burst(engine: &LocalEngine, prompts: &[Vec<u32>], new_tokens: usize) -> anyho
 
 type StepLog = Arc<Mutex<Vec<(Instant, Instant)>>>;
 
-/// Starts a trainer thread that steps back to back until `stop`; it reports once warmed up.
+/// Starts a trainer thread; once warmed up it reports and waits for `go` (or its sender's
+/// drop), then steps back to back until `stop`.
 fn spawn_trainer(
     args: &TrainServeArgs,
     variant: TrainerThread,
     stop: Arc<AtomicBool>,
     log: StepLog,
+    go: mpsc::Receiver<()>,
 ) -> anyhow::Result<std::thread::JoinHandle<anyhow::Result<()>>> {
     let model_dir = args.model.model_dir()?;
     let (n, prompt, response, nice) = (
@@ -151,12 +129,8 @@ fn spawn_trainer(
         .name("bench-trainer".into())
         .spawn(move || -> anyhow::Result<()> {
             let setup = || -> anyhow::Result<(Trainer, Vec<_>)> {
-                if variant.nice() {
-                    set_thread_nice(nice)?;
-                }
-                if variant.one_thread() {
-                    tch::set_num_threads(1);
-                }
+                // The same call the real trainer thread makes (src/learn/training.rs).
+                run_in_background(variant.nice().then_some(nice), variant.one_thread())?;
                 let config = TrainerConfig {
                     mode: LearnMode::Rl,
                     ..TrainerConfig::default()
@@ -175,6 +149,7 @@ fn spawn_trainer(
                 }
             };
             let _ = ready_tx.send(Ok(()));
+            let _ = go.recv();
             while !stop.load(Ordering::SeqCst) {
                 let start = Instant::now();
                 trainer.step(&batch)?;
@@ -211,8 +186,15 @@ fn measure_variant(
     let threads = tch::get_num_threads();
     let stop = Arc::new(AtomicBool::new(false));
     let log: StepLog = Arc::default();
-    let thread = spawn_trainer(args, variant, Arc::clone(&stop), Arc::clone(&log))?;
+    let (go, gate) = mpsc::channel();
+    let thread = spawn_trainer(args, variant, Arc::clone(&stop), Arc::clone(&log), gate)?;
     let outcome = (|| -> anyhow::Result<Phase> {
+        // The variant's settings can reach serving even while the trainer waits (torch's
+        // thread count is partly process-wide).
+        let idle_bursts = (0..args.bursts)
+            .map(|_| burst(engine, prompts, args.new_tokens))
+            .collect::<anyhow::Result<Vec<_>>>()?;
+        let _ = go.send(());
         // Steps alone first, then serving bursts until enough steps ran under load.
         while steps_between(&log, None, Instant::now()).len() < args.steps {
             if thread.is_finished() {
@@ -235,17 +217,24 @@ fn measure_variant(
         let to = Instant::now();
         Ok(Phase {
             label: variant.label(args.nice),
+            idle_bursts,
             bursts,
             alone: steps_between(&log, None, from),
             loaded: steps_between(&log, Some(from), to),
         })
     })();
     stop.store(true, Ordering::SeqCst);
+    drop(go);
     let joined = thread
         .join()
         .map_err(|_| anyhow::anyhow!("the trainer thread panicked"))?;
-    // set_num_threads also changes process-wide settings (MKL's); put them back.
-    tch::set_num_threads(threads);
+    // Threads started later (a new serving thread) must still get torch's default count.
+    let fresh = std::thread::spawn(tch::get_num_threads)
+        .join()
+        .map_err(|_| anyhow::anyhow!("a probe thread panicked"))?;
+    if fresh != threads {
+        anyhow::bail!("the trainer changed torch's default thread count: {threads} → {fresh}");
+    }
     let phase = outcome?;
     joined?;
     Ok(phase)
@@ -262,6 +251,7 @@ fn idle(
         .collect::<anyhow::Result<Vec<_>>>()?;
     Ok(Phase {
         label: label.into(),
+        idle_bursts: Vec::new(),
         bursts,
         alone: Vec::new(),
         loaded: Vec::new(),
@@ -316,29 +306,33 @@ pub fn run(args: TrainServeArgs) -> anyhow::Result<()> {
     phases.push(idle(&args, &engine, &prompts, "idle again (drift check)")?);
     let idle_tok_s = median(phases[0].bursts.clone());
     println!(
-        "| phase | serving tok/s, {}×{} greedy (median) | vs idle | bursts tok/s | train step s alone (median) | train step s under serving (median) | steps alone / under load |",
-        args.streams, args.new_tokens
+        "| phase | serving tok/s, trainer set up but idle | serving tok/s, trainer stepping | vs idle | bursts tok/s (stepping) | train step s alone | train step s under serving | steps alone / under load |",
     );
-    println!("|---|---:|---:|---|---:|---:|---|");
+    println!("|---|---:|---:|---:|---|---:|---:|---|");
+    let med = |v: &[f64], digits: usize| {
+        if v.is_empty() {
+            "–".to_string()
+        } else {
+            format!("{:.digits$}", median(v.to_vec()))
+        }
+    };
     for p in &phases {
         let tok_s = median(p.bursts.clone());
-        let step = |v: &[f64]| {
-            if v.is_empty() {
-                "–".to_string()
-            } else {
-                format!("{:.2}", median(v.to_vec()))
-            }
-        };
         println!(
-            "| {} | {tok_s:.1} | {:.2} | {} | {} | {} | {} / {} |",
+            "| {} | {} | {tok_s:.1} | {:.2} | {} | {} | {} | {} / {} |",
             p.label,
+            med(&p.idle_bursts, 1),
             tok_s / idle_tok_s,
             fmt_list(&p.bursts, 1),
-            step(&p.alone),
-            step(&p.loaded),
+            med(&p.alone, 2),
+            med(&p.loaded, 2),
             fmt_list(&p.alone, 1),
             fmt_list(&p.loaded, 1),
         );
     }
+    println!(
+        "\nServing: {} concurrent greedy streams × {} new tokens per burst (aggregate tok/s, medians). Training: {} samples × ({} + {}) tokens per step, RL, back to back.",
+        args.streams, args.new_tokens, args.samples, args.prompt_tokens, args.response_tokens
+    );
     Ok(())
 }
