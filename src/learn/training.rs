@@ -385,7 +385,10 @@ mod tests {
         let default = std::thread::spawn(tch::get_num_threads).join().unwrap();
         let inside = std::thread::spawn(|| {
             let outcome = run_in_background(Some(TRAINER_NICE), true);
-            (outcome.is_ok() || !cfg!(target_os = "linux"), tch::get_num_threads())
+            (
+                outcome.is_ok() || !cfg!(target_os = "linux"),
+                tch::get_num_threads(),
+            )
         })
         .join()
         .unwrap();
