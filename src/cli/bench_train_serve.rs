@@ -15,12 +15,11 @@ use super::model_args::ModelArgs;
 use crate::engine::{Backend, LocalEngine};
 use crate::learn::samples::LearnMode;
 use crate::learn::trainer::{Trainer, TrainerConfig};
-use crate::learn::training::run_in_background;
 
 /// How the trainer thread is set up before it builds its model.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum TrainerThread {
-    /// Normal priority, torch's default thread count (the trainer thread before nice + 1 thread).
+    /// Normal priority, torch's default thread count (how the real trainer thread runs).
     Default,
     /// Lower OS priority (`--nice`) for the thread and the OpenMP workers it creates.
     Nice,
@@ -84,8 +83,49 @@ pub struct TrainServeArgs {
     )]
     pub variants: Vec<TrainerThread>,
     /// Nice value for the `nice` variants (0–19; higher yields more).
-    #[arg(long, default_value_t = crate::learn::training::TRAINER_NICE)]
+    #[arg(long, default_value_t = 10)]
     pub nice: i32,
+}
+
+/// Makes the calling thread a background one: a higher nice value (Linux: nice is per thread,
+/// and the OpenMP workers it creates later inherit it) and/or one torch thread. Torch's thread
+/// count is per thread except the default for threads that have not run an op yet; that
+/// default is put back so later threads (serving) keep theirs. Not applied to the real trainer:
+/// see BENCHMARKS.md, "Serving throughput during training versus idle".
+pub fn run_in_background(nice: Option<i32>, one_torch_thread: bool) -> std::io::Result<()> {
+    if one_torch_thread {
+        let before = tch::get_num_threads();
+        tch::set_num_threads(1);
+        std::thread::spawn(move || tch::set_num_threads(before))
+            .join()
+            .map_err(|_| std::io::Error::other("restoring torch's default thread count failed"))?;
+    }
+    match nice {
+        Some(nice) => set_thread_nice(nice),
+        None => Ok(()),
+    }
+}
+
+#[cfg(target_os = "linux")]
+fn set_thread_nice(nice: i32) -> std::io::Result<()> {
+    extern "C" {
+        fn gettid() -> i32;
+        fn setpriority(which: i32, who: u32, prio: i32) -> i32;
+    }
+    const PRIO_PROCESS: i32 = 0;
+    // SAFETY: plain libc calls about the calling thread; no memory is passed.
+    if unsafe { setpriority(PRIO_PROCESS, gettid() as u32, nice) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+#[cfg(not(target_os = "linux"))]
+fn set_thread_nice(_nice: i32) -> std::io::Result<()> {
+    Err(std::io::Error::new(
+        std::io::ErrorKind::Unsupported,
+        "a per-thread priority is only set on Linux",
+    ))
 }
 
 /// One measured phase.
@@ -129,7 +169,6 @@ fn spawn_trainer(
         .name("bench-trainer".into())
         .spawn(move || -> anyhow::Result<()> {
             let setup = || -> anyhow::Result<(Trainer, Vec<_>)> {
-                // The same call the real trainer thread makes (src/learn/training.rs).
                 run_in_background(variant.nice().then_some(nice), variant.one_thread())?;
                 let config = TrainerConfig {
                     mode: LearnMode::Rl,
@@ -335,4 +374,26 @@ pub fn run(args: TrainServeArgs) -> anyhow::Result<()> {
         args.streams, args.new_tokens, args.samples, args.prompt_tokens, args.response_tokens
     );
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn background_thread_keeps_other_threads_defaults() {
+        let default = std::thread::spawn(tch::get_num_threads).join().unwrap();
+        let inside = std::thread::spawn(|| {
+            let outcome = run_in_background(Some(10), true);
+            (
+                outcome.is_ok() || !cfg!(target_os = "linux"),
+                tch::get_num_threads(),
+            )
+        })
+        .join()
+        .unwrap();
+        assert_eq!(inside, (true, 1));
+        let after = std::thread::spawn(tch::get_num_threads).join().unwrap();
+        assert_eq!(after, default);
+    }
 }

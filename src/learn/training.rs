@@ -68,11 +68,6 @@ impl TrainingLoop {
 
     /// Runs until `stop` is set. Errors of one step are logged and the loop goes on.
     pub fn run(self) {
-        // Serving keeps the cores it needs while a step runs (BENCHMARKS.md, "Serving
-        // throughput during training"): set before any tensor work on this thread.
-        if let Err(err) = run_in_background(Some(TRAINER_NICE), true) {
-            tracing::warn!(%err, "the trainer thread runs at normal priority");
-        }
         let mut trainer = match self.start_trainer() {
             Ok(t) => t,
             Err(err) => {
@@ -244,49 +239,6 @@ impl TrainingLoop {
     }
 }
 
-/// The trainer thread's nice value: serving's threads win the cores while a step runs.
-pub const TRAINER_NICE: i32 = 10;
-
-/// Makes the calling thread a background one: a higher nice value (Linux: nice is per thread,
-/// and the OpenMP workers it creates later inherit it) and/or one torch thread. Torch's thread
-/// count is per thread except the default for threads that have not run an op yet; that
-/// default is put back so later threads (serving) keep theirs.
-pub fn run_in_background(nice: Option<i32>, one_torch_thread: bool) -> std::io::Result<()> {
-    if one_torch_thread {
-        let before = tch::get_num_threads();
-        tch::set_num_threads(1);
-        std::thread::spawn(move || tch::set_num_threads(before))
-            .join()
-            .map_err(|_| std::io::Error::other("restoring torch's default thread count failed"))?;
-    }
-    match nice {
-        Some(nice) => set_thread_nice(nice),
-        None => Ok(()),
-    }
-}
-
-#[cfg(target_os = "linux")]
-fn set_thread_nice(nice: i32) -> std::io::Result<()> {
-    extern "C" {
-        fn gettid() -> i32;
-        fn setpriority(which: i32, who: u32, prio: i32) -> i32;
-    }
-    const PRIO_PROCESS: i32 = 0;
-    // SAFETY: plain libc calls about the calling thread; no memory is passed.
-    if unsafe { setpriority(PRIO_PROCESS, gettid() as u32, nice) } != 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    Ok(())
-}
-
-#[cfg(not(target_os = "linux"))]
-fn set_thread_nice(_nice: i32) -> std::io::Result<()> {
-    Err(std::io::Error::new(
-        std::io::ErrorKind::Unsupported,
-        "a per-thread priority is only set on Linux",
-    ))
-}
-
 fn probe_prompts(trainer: &Trainer, guard: &GuardConfig) -> anyhow::Result<Vec<Vec<u32>>> {
     guard
         .probes
@@ -373,27 +325,5 @@ fn publish_metrics(m: &StepMetrics) {
         ("both", m.samples_both),
     ] {
         metrics::counter!("hindsight_train_samples_total", "kind" => kind).increment(n as u64);
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn background_thread_keeps_other_threads_defaults() {
-        let default = std::thread::spawn(tch::get_num_threads).join().unwrap();
-        let inside = std::thread::spawn(|| {
-            let outcome = run_in_background(Some(TRAINER_NICE), true);
-            (
-                outcome.is_ok() || !cfg!(target_os = "linux"),
-                tch::get_num_threads(),
-            )
-        })
-        .join()
-        .unwrap();
-        assert_eq!(inside, (true, 1));
-        let after = std::thread::spawn(tch::get_num_threads).join().unwrap();
-        assert_eq!(after, default);
     }
 }
