@@ -15,12 +15,11 @@ use super::model_args::ModelArgs;
 use crate::engine::{
     Backend, GenerateEvent, GenerateRequest, LocalEngine, SamplingParams, StopCriteria,
 };
-use crate::learn::guard::{
-    distinct_trigrams, greedy_replies, reply_kl, verdict, GuardConfig, GuardReport, ProbeResult,
-};
+use crate::learn::guard::{greedy_replies, GuardConfig, GuardReport};
 use crate::learn::judge::{JudgeInput, NextMessage, RulesJudge};
 use crate::learn::samples::{LearnMode, SampleKind, TrainingSample};
 use crate::learn::trainer::{Trainer, TrainerConfig};
+use crate::learn::training::{base_probes, guard_report, Probes};
 use crate::model::peft::AdapterSnapshot;
 
 // The scripted user of tests/learn_end_to_end.rs, with the same prompts and corrections.
@@ -135,9 +134,7 @@ struct Run {
 
 /// What the base model does, computed once: the guard's probe baseline and held-out replies.
 struct Baseline {
-    probe_prompts: Vec<Vec<u32>>,
-    probe_tokens: Vec<usize>,
-    probe_degenerate: Vec<bool>,
+    probes: Probes,
     held_out_prompts: Vec<Vec<u32>>,
     held_out: HeldOut,
 }
@@ -191,64 +188,16 @@ fn held_out(
 }
 
 fn baseline(trainer: &Trainer, guard: &GuardConfig, args: &LearnArgs) -> anyhow::Result<Baseline> {
-    let prompt = |text: &str| trainer.chat_prompt(&[user(text)], None);
-    let probe_prompts = guard
-        .probes
-        .iter()
-        .map(|p| prompt(p))
-        .collect::<anyhow::Result<Vec<_>>>()?;
     let held_out_prompts = HELD_OUT
         .iter()
-        .map(|p| prompt(p))
+        .map(|p| trainer.chat_prompt(&[user(p)], None))
         .collect::<anyhow::Result<Vec<_>>>()?;
-    let eos = trainer.tokenizer().eos_token_ids();
-    let base = greedy_replies(
-        trainer.model(),
-        &probe_prompts,
-        guard.max_new_tokens,
-        &eos,
-        false,
-    )?;
     let held = held_out(trainer, &held_out_prompts, args, false)?;
     Ok(Baseline {
-        probe_tokens: base.iter().map(Vec::len).collect(),
-        probe_degenerate: base
-            .iter()
-            .map(|r| r.is_empty() || distinct_trigrams(r) < guard.min_distinct_trigrams)
-            .collect(),
-        probe_prompts,
+        probes: base_probes(trainer, guard)?,
         held_out_prompts,
         held_out: held,
     })
-}
-
-/// The guard's verdict on the trainer's current adapter, as src/learn/training.rs computes it.
-fn guard_report(
-    trainer: &Trainer,
-    base: &Baseline,
-    config: &GuardConfig,
-) -> anyhow::Result<GuardReport> {
-    let eos = trainer.tokenizer().eos_token_ids();
-    let replies = greedy_replies(
-        trainer.model(),
-        &base.probe_prompts,
-        config.max_new_tokens,
-        &eos,
-        true,
-    )?;
-    let mut results = Vec::new();
-    for (i, reply) in replies.iter().enumerate() {
-        results.push(ProbeResult {
-            prompt: config.probes[i].clone(),
-            reply: trainer.tokenizer().decode(reply)?,
-            tokens: reply.len(),
-            base_tokens: base.probe_tokens[i],
-            kl: reply_kl(trainer.model(), &base.probe_prompts[i], reply)?,
-            distinct_trigrams: distinct_trigrams(reply),
-            base_degenerate: base.probe_degenerate[i],
-        });
-    }
-    Ok(verdict(config, results))
 }
 
 /// Serves one round's prompts (sampled, all at once as concurrent users would) and turns each
@@ -371,7 +320,7 @@ fn run_one(
         let (samples, corrected) = serve_round(engine, args, seed, r)?;
         let served_s = started.elapsed().as_secs_f64();
         let metrics = trainer.step(&samples)?;
-        let report = guard_report(&trainer, base, &guard)?;
+        let report = guard_report(&trainer, &base.probes, &guard)?;
         let held = held_out(&trainer, &base.held_out_prompts, args, true)?;
         // As the training loop: a passing version serves, a failing one sends the trainer back
         // to the serving version.
@@ -422,7 +371,8 @@ fn baseline_of(
         base.held_out.mean_words,
         base.held_out.within * 100.0,
         args.word_limit,
-        base.probe_tokens.iter().sum::<usize>() as f64 / base.probe_tokens.len().max(1) as f64
+        base.probes.base_tokens.iter().sum::<usize>() as f64
+            / base.probes.base_tokens.len().max(1) as f64
     );
     Ok(base)
 }

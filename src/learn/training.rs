@@ -35,10 +35,10 @@ pub struct TrainingOptions {
 }
 
 /// Guard probes: their prompts and the base model's greedy replies, computed once.
-struct Probes {
-    prompts: Vec<Vec<u32>>,
-    base_tokens: Vec<usize>,
-    base_degenerate: Vec<bool>,
+pub(crate) struct Probes {
+    pub prompts: Vec<Vec<u32>>,
+    pub base_tokens: Vec<usize>,
+    pub base_degenerate: Vec<bool>,
 }
 
 pub struct TrainingLoop {
@@ -100,7 +100,7 @@ impl TrainingLoop {
             }
             waiting_since = None;
             if probes.is_none() {
-                match self.base_probes(&trainer) {
+                match base_probes(&trainer, &self.options.guard) {
                     Ok(p) => probes = Some(p),
                     Err(err) => {
                         tracing::error!(error = %format!("{err:#}"), "guard probes failed");
@@ -129,27 +129,6 @@ impl TrainingLoop {
             self.options.trainer.clone(),
             initial.as_ref(),
         )
-    }
-
-    fn base_probes(&self, trainer: &Trainer) -> anyhow::Result<Probes> {
-        let prompts = probe_prompts(trainer, &self.options.guard)?;
-        let eos = trainer.tokenizer().eos_token_ids();
-        let base = greedy_replies(
-            trainer.model(),
-            &prompts,
-            self.options.guard.max_new_tokens,
-            &eos,
-            false,
-        )?;
-        let min = self.options.guard.min_distinct_trigrams;
-        Ok(Probes {
-            prompts,
-            base_tokens: base.iter().map(Vec::len).collect(),
-            base_degenerate: base
-                .iter()
-                .map(|r| r.is_empty() || distinct_trigrams(r) < min)
-                .collect(),
-        })
     }
 
     fn one_step(&self, trainer: &mut Trainer, probes: &Probes) -> anyhow::Result<()> {
@@ -239,6 +218,22 @@ impl TrainingLoop {
     }
 }
 
+/// The guard's baseline: the probe prompts and the base model's greedy replies to them.
+pub(crate) fn base_probes(trainer: &Trainer, guard: &GuardConfig) -> anyhow::Result<Probes> {
+    let prompts = probe_prompts(trainer, guard)?;
+    let eos = trainer.tokenizer().eos_token_ids();
+    let base = greedy_replies(trainer.model(), &prompts, guard.max_new_tokens, &eos, false)?;
+    let min = guard.min_distinct_trigrams;
+    Ok(Probes {
+        prompts,
+        base_tokens: base.iter().map(Vec::len).collect(),
+        base_degenerate: base
+            .iter()
+            .map(|r| r.is_empty() || distinct_trigrams(r) < min)
+            .collect(),
+    })
+}
+
 fn probe_prompts(trainer: &Trainer, guard: &GuardConfig) -> anyhow::Result<Vec<Vec<u32>>> {
     guard
         .probes
@@ -248,7 +243,7 @@ fn probe_prompts(trainer: &Trainer, guard: &GuardConfig) -> anyhow::Result<Vec<V
 }
 
 /// The candidate (the trainer's current adapter) answers the probes; the guard decides.
-fn guard_report(
+pub(crate) fn guard_report(
     trainer: &Trainer,
     probes: &Probes,
     config: &GuardConfig,
