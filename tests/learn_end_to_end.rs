@@ -8,48 +8,12 @@ use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use hindsight::cli::bench_learn::{CORRECTIONS, HELD_OUT, MOVE_ON, TRAIN};
 use serde_json::{json, Value};
 
 const WORD_LIMIT: usize = 20;
 const MAX_TOKENS: u64 = 64;
 const PER_ROUND: usize = 8;
-
-const TRAIN: &[&str] = &[
-    "What causes rain?",
-    "How does a bicycle stay upright?",
-    "Why do cats purr?",
-    "What is photosynthesis?",
-    "How do vaccines work?",
-    "What is the internet?",
-    "Why is the ocean salty?",
-    "How do airplanes fly?",
-    "What is gravity?",
-    "How does a refrigerator keep food cold?",
-    "Why do leaves change color in autumn?",
-    "What is a black hole?",
-    "How do volcanoes form?",
-    "What is a rainbow?",
-    "Why do we have seasons?",
-    "How does the heart pump blood?",
-];
-const HELD_OUT: &[&str] = &[
-    "How do bees make honey?",
-    "What is electricity?",
-    "Why do we sleep?",
-    "How does a compass work?",
-    "What are clouds made of?",
-    "Why is the sky blue?",
-];
-/// How the scripted user complains about a long reply: never the same words twice in a row.
-const CORRECTIONS: &[&str] = &[
-    "Too long. Keep it under 20 words.",
-    "Way too wordy. Give me the short version, 20 words max.",
-    "Please be brief: one sentence, at most 20 words.",
-    "That's a lot of text; just a sentence please.",
-    "Can you shorten that? No more than 20 words.",
-    "Too long! I only want a one-line answer.",
-];
-const MOVE_ON: &[&str] = &["Thanks! Next question: ", "Great. Now: ", "Perfect. "];
 
 fn shared_model_dir() -> PathBuf {
     let data = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("hindsight-data");

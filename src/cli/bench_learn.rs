@@ -22,8 +22,9 @@ use crate::learn::trainer::{Trainer, TrainerConfig};
 use crate::learn::training::{base_probes, guard_report, Probes};
 use crate::model::peft::AdapterSnapshot;
 
-// The scripted user of tests/learn_end_to_end.rs, with the same prompts and corrections.
-const TRAIN: &[&str] = &[
+/// The scripted user's questions, corrections and move-on phrases (also used by
+/// tests/learn_end_to_end.rs, so the bench and the test measure the same user).
+pub const TRAIN: &[&str] = &[
     "What causes rain?",
     "How does a bicycle stay upright?",
     "Why do cats purr?",
@@ -41,7 +42,7 @@ const TRAIN: &[&str] = &[
     "Why do we have seasons?",
     "How does the heart pump blood?",
 ];
-const HELD_OUT: &[&str] = &[
+pub const HELD_OUT: &[&str] = &[
     "How do bees make honey?",
     "What is electricity?",
     "Why do we sleep?",
@@ -49,7 +50,7 @@ const HELD_OUT: &[&str] = &[
     "What are clouds made of?",
     "Why is the sky blue?",
 ];
-const CORRECTIONS: &[&str] = &[
+pub const CORRECTIONS: &[&str] = &[
     "Too long. Keep it under 20 words.",
     "Way too wordy. Give me the short version, 20 words max.",
     "Please be brief: one sentence, at most 20 words.",
@@ -57,7 +58,7 @@ const CORRECTIONS: &[&str] = &[
     "Can you shorten that? No more than 20 words.",
     "Too long! I only want a one-line answer.",
 ];
-const MOVE_ON: &[&str] = &["Thanks! Next question: ", "Great. Now: ", "Perfect. "];
+pub const MOVE_ON: &[&str] = &["Thanks! Next question: ", "Great. Now: ", "Perfect. "];
 
 #[derive(Debug, clap::Args)]
 pub struct LearnArgs {
