@@ -4,6 +4,15 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
+# A full run needs about 25 GB (venv, debug build, imported models in temp dirs); on a full disk
+# the failures are "No space left on device" in unrelated tests and a stalled PostgreSQL.
+free_gb=$(df -Pk . | awk 'NR==2 {print int($4 / 1048576)}')
+tmp_gb=$(df -Pk "${TMPDIR:-/tmp}" | awk 'NR==2 {print int($4 / 1048576)}')
+echo "test: ${free_gb} GB free here, ${tmp_gb} GB free in ${TMPDIR:-/tmp}"
+if [ "$free_gb" -lt 20 ] || [ "$tmp_gb" -lt 5 ]; then
+  echo "test: WARNING: less disk than a full run needs (about 20 GB here and 5 GB in the temp dir)" >&2
+fi
+
 scripts/setup.sh
 
 # The dashboard's browser test drives Debian's chromium (headless) with playwright-core.

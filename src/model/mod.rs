@@ -11,6 +11,7 @@ pub mod logprobs;
 pub mod lora;
 pub mod peft;
 pub mod rope;
+pub mod skinny_matmul;
 pub mod tokenizer;
 pub mod transformer;
 pub mod weights;

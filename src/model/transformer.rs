@@ -9,6 +9,7 @@ use super::config::ModelConfig;
 use super::error::ModelError;
 use super::lora::{self, FusedLora, LayerLora, LoraConfig, LoraPair, TrainableAdapter};
 use super::rope::{self, RopeTables};
+use super::skinny_matmul;
 use super::weights::WeightFiles;
 
 pub(crate) struct Layer {
@@ -298,6 +299,11 @@ impl Transformer {
         );
         let head = self.lm_head.as_ref().unwrap_or(&self.embed);
         let h = h.to_kind(self.kind);
+        if rows(&h) <= skinny_matmul::MAX_ROWS as i64 {
+            if let Some(logits) = skinny_matmul::linear(&h, head, None) {
+                return logits.to_kind(Kind::Float);
+            }
+        }
         if self.scratch.is_some() && rows(&h) > 1 {
             // Through `linear` in chunks of the vocabulary, so the f32 scratch stays small.
             let vocab = head.size()[0];
@@ -318,7 +324,13 @@ impl Transformer {
     /// widened into the f32 scratch (exact) and multiplied in f32, then rounded back to bf16
     /// like a bf16 gemm with f32 accumulation. A single row keeps the bf16 gemv, which streams
     /// half the bytes. The scratch is reused, so only when no autograd graph can keep it.
+    /// The few rows of a decode step go through `skinny_matmul` when it applies.
     fn linear(&self, x: &Tensor, w: &Tensor, b: Option<&Tensor>) -> Tensor {
+        if rows(x) <= skinny_matmul::MAX_ROWS as i64 {
+            if let Some(y) = skinny_matmul::linear(x, w, b) {
+                return y;
+            }
+        }
         match &self.scratch {
             Some(scratch) if rows(x) > 1 && !x.requires_grad() && w.numel() <= scratch.numel() => {
                 let mut wide = scratch

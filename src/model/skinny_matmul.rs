@@ -1,0 +1,360 @@
+//! `x Wᵀ (+ b)` for the few rows of a decode step, on the CPU, with f32 or bf16 weights.
+//!
+//! Decoding reads every weight once per step for one to a few rows, so it is bound by memory
+//! bandwidth. libtorch runs such products as MKL gemv on one thread (f32), or as a bf16 gemv that
+//! widens element by element at about half of MKL's speed (see BENCHMARKS.md). This kernel
+//! streams the weight once for all rows, widens bf16 with two vector instructions, accumulates
+//! in f32 (like a bf16 gemm with f32 accumulation), and splits the output features across the
+//! torch threads. It needs AVX2 and FMA; anything it does not cover returns `None` and the
+//! caller uses libtorch.
+
+use std::sync::OnceLock;
+
+use tch::{Kind, Tensor};
+
+/// The most rows one call covers: every row keeps its own accumulators in registers.
+pub const MAX_ROWS: usize = 8;
+
+/// Output features per parallel task; a multiple of every group size below.
+const TASK_FEATURES: usize = 64;
+
+/// `HINDSIGHT_SKINNY_MATMUL=0` turns the kernel off (libtorch everywhere), for A/B runs.
+fn enabled() -> bool {
+    static ENABLED: OnceLock<bool> = OnceLock::new();
+    *ENABLED.get_or_init(|| {
+        let wanted = std::env::var("HINDSIGHT_SKINNY_MATMUL").map_or(true, |v| v != "0");
+        wanted && simd::available()
+    })
+}
+
+/// The threads that share the output features with the calling thread: one fewer than
+/// libtorch's intra-op threads, so the caller works too instead of waiting.
+fn helpers() -> Option<&'static rayon::ThreadPool> {
+    static POOL: OnceLock<Option<rayon::ThreadPool>> = OnceLock::new();
+    POOL.get_or_init(|| {
+        let threads = usize::try_from(tch::get_num_threads()).unwrap_or(1);
+        (threads > 1)
+            .then(|| {
+                rayon::ThreadPoolBuilder::new()
+                    .num_threads(threads - 1)
+                    .thread_name(|i| format!("hindsight-matmul-{i}"))
+                    .build()
+                    .ok()
+            })
+            .flatten()
+    })
+    .as_ref()
+}
+
+/// `x [.., in] · w [out, in]ᵀ + b [out]` in `x`'s dtype, or `None` when the kernel does not
+/// apply (autograd, a non-CPU tensor, more than `MAX_ROWS` rows, other dtypes or layouts).
+pub fn linear(x: &Tensor, w: &Tensor, b: Option<&Tensor>) -> Option<Tensor> {
+    if !enabled() || x.requires_grad() || w.requires_grad() {
+        return None;
+    }
+    let (w_size, x_size) = (w.size(), x.size());
+    let [features, inner] = w_size[..] else {
+        return None;
+    };
+    let rows: i64 = x_size[..x_size.len().checked_sub(1)?].iter().product();
+    let cpu = |t: &Tensor| t.device() == tch::Device::Cpu && t.is_contiguous();
+    let float = |k: Kind| matches!(k, Kind::Float | Kind::BFloat16);
+    if rows < 1
+        || rows as usize > MAX_ROWS
+        || x_size.last() != Some(&inner)
+        || inner % simd::LANES as i64 != 0
+        || features % TASK_FEATURES as i64 != 0
+        || !cpu(x)
+        || !cpu(w)
+        || !float(x.kind())
+        || !float(w.kind())
+        || b.is_some_and(|b| !cpu(b) || b.kind() != w.kind() || b.size() != [features])
+    {
+        return None;
+    }
+    let (rows, features, inner) = (rows as usize, features as usize, inner as usize);
+    let x32 = x.to_kind(Kind::Float);
+    let bias32 = b.map(|b| b.to_kind(Kind::Float));
+    // SAFETY: contiguous CPU tensors of the checked sizes and dtypes, alive for this call.
+    let xs = unsafe { std::slice::from_raw_parts(x32.data_ptr() as *const f32, rows * inner) };
+    let bias = bias32
+        .as_ref()
+        .map(|b| unsafe { std::slice::from_raw_parts(b.data_ptr() as *const f32, features) });
+    let weight = match w.kind() {
+        Kind::Float => Weight::F32(unsafe {
+            std::slice::from_raw_parts(w.data_ptr() as *const f32, features * inner)
+        }),
+        _ => Weight::Bf16(unsafe {
+            std::slice::from_raw_parts(w.data_ptr() as *const u16, features * inner)
+        }),
+    };
+    let mut out_size = x_size.clone();
+    *out_size.last_mut()? = features as i64;
+    let out = Tensor::empty(out_size.as_slice(), (x.kind(), tch::Device::Cpu));
+    let target = match x.kind() {
+        Kind::Float => Output::F32(out.data_ptr() as *mut f32),
+        _ => Output::Bf16(out.data_ptr() as *mut u16),
+    };
+    let job = Job {
+        xs,
+        rows,
+        inner,
+        features,
+        weight,
+        bias,
+        target,
+    };
+    let tasks = features / TASK_FEATURES;
+    match helpers() {
+        Some(pool) if tasks > 1 => {
+            let workers = pool.current_num_threads() + 1;
+            let per = tasks.div_ceil(workers);
+            pool.in_place_scope(|scope| {
+                for w in 1..workers {
+                    let job = &job;
+                    scope.spawn(move |_| job.run_tasks(w * per, ((w + 1) * per).min(tasks)));
+                }
+                job.run_tasks(0, per.min(tasks));
+            });
+        }
+        _ => job.run_tasks(0, tasks),
+    }
+    Some(out)
+}
+
+#[derive(Clone, Copy)]
+enum Weight<'a> {
+    F32(&'a [f32]),
+    Bf16(&'a [u16]),
+}
+
+#[derive(Clone, Copy)]
+enum Output {
+    F32(*mut f32),
+    Bf16(*mut u16),
+}
+
+struct Job<'a> {
+    xs: &'a [f32],
+    rows: usize,
+    inner: usize,
+    features: usize,
+    weight: Weight<'a>,
+    bias: Option<&'a [f32]>,
+    target: Output,
+}
+
+// SAFETY: every task writes only the output features it was given, disjoint from the others'.
+unsafe impl Sync for Job<'_> {}
+
+impl Job<'_> {
+    fn run_tasks(&self, first: usize, end: usize) {
+        if first >= end {
+            return;
+        }
+        let (start, stop) = (first * TASK_FEATURES, end * TASK_FEATURES);
+        let mut acc = vec![0f32; self.rows * (stop - start)];
+        // SAFETY: `enabled()` checked AVX2 and FMA; slices are sized by `linear`.
+        unsafe { simd::products(self, start, stop, &mut acc) };
+        let width = stop - start;
+        for r in 0..self.rows {
+            for (j, value) in acc[r * width..(r + 1) * width].iter().enumerate() {
+                let o = start + j;
+                let v = value + self.bias.map_or(0.0, |b| b[o]);
+                let at = r * self.features + o;
+                // SAFETY: `at` is inside the output and only this task writes feature `o`.
+                unsafe {
+                    match self.target {
+                        Output::F32(p) => *p.add(at) = v,
+                        Output::Bf16(p) => *p.add(at) = half::bf16::from_f32(v).to_bits(),
+                    }
+                }
+            }
+        }
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+mod simd {
+    use std::arch::x86_64::*;
+
+    use super::{Job, Weight};
+
+    pub const LANES: usize = 8;
+
+    pub fn available() -> bool {
+        is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma")
+    }
+
+    /// Writes `acc[r * width + (o - start)] = Σ_k x[r, k] w[o, k]` for `o` in `start..stop`.
+    ///
+    /// # Safety
+    /// AVX2 and FMA must be available; `acc` holds `rows * (stop - start)` values.
+    pub unsafe fn products(job: &Job, start: usize, stop: usize, acc: &mut [f32]) {
+        match job.rows {
+            1 => dispatch::<1, 4>(job, start, stop, acc),
+            2 => dispatch::<2, 4>(job, start, stop, acc),
+            3 => dispatch::<3, 2>(job, start, stop, acc),
+            4 => dispatch::<4, 2>(job, start, stop, acc),
+            5 => dispatch::<5, 2>(job, start, stop, acc),
+            6 => dispatch::<6, 2>(job, start, stop, acc),
+            7 => dispatch::<7, 1>(job, start, stop, acc),
+            _ => dispatch::<8, 1>(job, start, stop, acc),
+        }
+    }
+
+    unsafe fn dispatch<const R: usize, const G: usize>(
+        job: &Job,
+        start: usize,
+        stop: usize,
+        acc: &mut [f32],
+    ) {
+        match job.weight {
+            Weight::F32(w) => block::<R, G, 4>(job, w.as_ptr() as *const u8, start, stop, acc),
+            Weight::Bf16(w) => block::<R, G, 2>(job, w.as_ptr() as *const u8, start, stop, acc),
+        }
+    }
+
+    /// Eight f32 weights.
+    #[target_feature(enable = "avx2,fma")]
+    #[inline]
+    unsafe fn load_f32(p: *const u8) -> __m256 {
+        _mm256_loadu_ps(p as *const f32)
+    }
+
+    /// Eight bf16 weights widened to f32: bf16 is the high half of an f32, so zero-extend
+    /// and shift (exact).
+    #[target_feature(enable = "avx2,fma")]
+    #[inline]
+    unsafe fn load_bf16(p: *const u8) -> __m256 {
+        let half = _mm_loadu_si128(p as *const __m128i);
+        _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(half), 16))
+    }
+
+    /// G output features at a time, each against all R rows: R·G accumulators stay in
+    /// registers and every weight vector is loaded once. BYTES is the weight element size.
+    #[target_feature(enable = "avx2,fma")]
+    unsafe fn block<const R: usize, const G: usize, const BYTES: usize>(
+        job: &Job,
+        w: *const u8,
+        start: usize,
+        stop: usize,
+        acc: &mut [f32],
+    ) {
+        let (inner, width) = (job.inner, stop - start);
+        let x = job.xs.as_ptr();
+        let mut o = start;
+        while o < stop {
+            let mut sums = [[_mm256_setzero_ps(); G]; R];
+            let mut k = 0;
+            while k < inner {
+                let mut ws = [_mm256_setzero_ps(); G];
+                for (g, slot) in ws.iter_mut().enumerate() {
+                    let at = w.add(((o + g) * inner + k) * BYTES);
+                    *slot = if BYTES == 2 {
+                        load_bf16(at)
+                    } else {
+                        load_f32(at)
+                    };
+                }
+                for (r, row) in sums.iter_mut().enumerate() {
+                    let xv = _mm256_loadu_ps(x.add(r * inner + k));
+                    for (g, sum) in row.iter_mut().enumerate() {
+                        *sum = _mm256_fmadd_ps(ws[g], xv, *sum);
+                    }
+                }
+                k += LANES;
+            }
+            for (r, row) in sums.iter().enumerate() {
+                for (g, sum) in row.iter().enumerate() {
+                    acc[r * width + (o - start) + g] = horizontal_sum(*sum);
+                }
+            }
+            o += G;
+        }
+    }
+
+    #[target_feature(enable = "avx2,fma")]
+    #[inline]
+    unsafe fn horizontal_sum(v: __m256) -> f32 {
+        let pair = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+        let quad = _mm_add_ps(pair, _mm_movehl_ps(pair, pair));
+        let one = _mm_add_ss(quad, _mm_shuffle_ps(quad, quad, 1));
+        _mm_cvtss_f32(one)
+    }
+}
+
+#[cfg(not(target_arch = "x86_64"))]
+mod simd {
+    use super::Job;
+
+    pub const LANES: usize = 8;
+
+    pub fn available() -> bool {
+        false
+    }
+
+    pub unsafe fn products(_: &Job, _: usize, _: usize, _: &mut [f32]) {
+        unreachable!("the skinny kernel is only enabled on x86_64")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every row count and weight dtype against libtorch's own linear, with and without bias.
+    #[test]
+    fn matches_libtorch_for_every_row_count() {
+        if !simd::available() {
+            eprintln!("skipped: no AVX2/FMA on this CPU");
+            return;
+        }
+        tch::manual_seed(7);
+        let (features, inner) = (192, 136);
+        for kind in [Kind::Float, Kind::BFloat16] {
+            let w = Tensor::randn([features, inner], (Kind::Float, tch::Device::Cpu)).to_kind(kind);
+            let b = Tensor::randn([features], (Kind::Float, tch::Device::Cpu)).to_kind(kind);
+            for rows in 1..=MAX_ROWS as i64 {
+                let x =
+                    Tensor::randn([rows, 1, inner], (Kind::Float, tch::Device::Cpu)).to_kind(kind);
+                for bias in [None, Some(&b)] {
+                    let ours = linear(&x, &w, bias).expect("the kernel applies");
+                    assert_eq!(ours.kind(), kind);
+                    assert_eq!(ours.size(), [rows, 1, features]);
+                    // The reference in f32 from the same (already rounded) inputs.
+                    let want = x.to_kind(Kind::Float).linear(
+                        &w.to_kind(Kind::Float),
+                        bias.map(|b| b.to_kind(Kind::Float)).as_ref(),
+                    );
+                    let diff = (ours.to_kind(Kind::Float) - &want)
+                        .abs()
+                        .max()
+                        .double_value(&[]);
+                    let scale = want.abs().max().double_value(&[]);
+                    // f32: summation order only; bf16: the output's rounding (2^-8 relative).
+                    let tol = if kind == Kind::Float { 1e-5 } else { 8e-3 } * scale;
+                    assert!(diff <= tol, "{kind:?} rows {rows}: max diff {diff} > {tol}");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn declines_what_it_does_not_cover() {
+        let w = Tensor::ones([64, 16], (Kind::Float, tch::Device::Cpu));
+        let nine_rows = Tensor::ones([9, 16], (Kind::Float, tch::Device::Cpu));
+        assert!(linear(&nine_rows, &w, None).is_none());
+        let odd_inner = Tensor::ones([64, 12], (Kind::Float, tch::Device::Cpu));
+        assert!(linear(
+            &Tensor::ones([1, 12], (Kind::Float, tch::Device::Cpu)),
+            &odd_inner,
+            None
+        )
+        .is_none());
+        let grad = Tensor::ones([1, 16], (Kind::Float, tch::Device::Cpu)).set_requires_grad(true);
+        assert!(linear(&grad, &w, None).is_none());
+        let half = Tensor::ones([1, 16], (Kind::Half, tch::Device::Cpu));
+        assert!(linear(&half, &w.to_kind(Kind::Half), None).is_none());
+    }
+}
