@@ -10,6 +10,7 @@ pub mod kv_cache;
 pub mod logprobs;
 pub mod lora;
 pub mod peft;
+pub mod omp_team;
 pub mod rope;
 pub mod skinny_matmul;
 pub mod tokenizer;

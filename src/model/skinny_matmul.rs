@@ -5,7 +5,7 @@
 //! widens element by element at about half of MKL's speed (see BENCHMARKS.md). This kernel
 //! streams the weight once for all rows, widens bf16 with two vector instructions, accumulates
 //! in f32 (like a bf16 gemm with f32 accumulation), and splits the output features across the
-//! torch threads. It needs AVX2 and FMA; anything it does not cover returns `None` and the
+//! torch threads (on libtorch's own OpenMP team, see `omp_team`). It needs AVX2 and FMA; anything it does not cover returns `None` and the
 //! caller uses libtorch.
 
 use std::sync::OnceLock;
@@ -27,25 +27,6 @@ fn enabled() -> bool {
     })
 }
 
-/// The threads that share the output features with the calling thread: one fewer than
-/// libtorch's intra-op threads, so the caller works too instead of waiting.
-fn helpers() -> Option<&'static rayon::ThreadPool> {
-    static POOL: OnceLock<Option<rayon::ThreadPool>> = OnceLock::new();
-    POOL.get_or_init(|| {
-        let threads = usize::try_from(tch::get_num_threads()).unwrap_or(1);
-        (threads > 1)
-            .then(|| {
-                rayon::ThreadPoolBuilder::new()
-                    .num_threads(threads - 1)
-                    .thread_name(|i| format!("hindsight-matmul-{i}"))
-                    .build()
-                    .ok()
-            })
-            .flatten()
-    })
-    .as_ref()
-}
-
 /// `x [.., in] · w [out, in]ᵀ + b [out]` in `x`'s dtype, or `None` when the kernel does not
 /// apply (autograd, a non-CPU tensor, more than `MAX_ROWS` rows, other dtypes or layouts).
 pub fn linear(x: &Tensor, w: &Tensor, b: Option<&Tensor>) -> Option<Tensor> {
@@ -62,7 +43,7 @@ pub fn linear(x: &Tensor, w: &Tensor, b: Option<&Tensor>) -> Option<Tensor> {
     if rows < 1
         || rows as usize > MAX_ROWS
         || x_size.last() != Some(&inner)
-        || inner % simd::LANES as i64 != 0
+        || inner % (2 * simd::LANES) as i64 != 0
         || features % TASK_FEATURES as i64 != 0
         || !cpu(x)
         || !cpu(w)
@@ -77,6 +58,15 @@ pub fn linear(x: &Tensor, w: &Tensor, b: Option<&Tensor>) -> Option<Tensor> {
     let bias32 = b.map(|b| b.to_kind(Kind::Float));
     // SAFETY: contiguous CPU tensors of the checked sizes and dtypes, alive for this call.
     let xs = unsafe { std::slice::from_raw_parts(x32.data_ptr() as *const f32, rows * inner) };
+    // bf16 weights are read 16 at a time as 8 even and 8 odd elements (see `simd::block`), so
+    // x is laid out the same way.
+    let paired: Vec<f32>;
+    let xs = if w.kind() == Kind::BFloat16 {
+        paired = even_odd_blocks(xs, 2 * simd::LANES);
+        &paired[..]
+    } else {
+        xs
+    };
     let bias = bias32
         .as_ref()
         .map(|b| unsafe { std::slice::from_raw_parts(b.data_ptr() as *const f32, features) });
@@ -105,21 +95,25 @@ pub fn linear(x: &Tensor, w: &Tensor, b: Option<&Tensor>) -> Option<Tensor> {
         target,
     };
     let tasks = features / TASK_FEATURES;
-    match helpers() {
-        Some(pool) if tasks > 1 => {
-            let workers = pool.current_num_threads() + 1;
-            let per = tasks.div_ceil(workers);
-            pool.in_place_scope(|scope| {
-                for w in 1..workers {
-                    let job = &job;
-                    scope.spawn(move |_| job.run_tasks(w * per, ((w + 1) * per).min(tasks)));
-                }
-                job.run_tasks(0, per.min(tasks));
-            });
-        }
-        _ => job.run_tasks(0, tasks),
+    if tasks > 1 && super::omp_team::threads() > 1 {
+        super::omp_team::run(|index, count| {
+            let per = tasks.div_ceil(count);
+            job.run_tasks(index * per, ((index + 1) * per).min(tasks));
+        });
+    } else {
+        job.run_tasks(0, tasks);
     }
     Some(out)
+}
+
+/// Each block of `block` values as its even-indexed values, then its odd-indexed ones.
+fn even_odd_blocks(xs: &[f32], block: usize) -> Vec<f32> {
+    let mut out = Vec::with_capacity(xs.len());
+    for chunk in xs.chunks_exact(block) {
+        out.extend(chunk.iter().step_by(2));
+        out.extend(chunk.iter().skip(1).step_by(2));
+    }
+    out
 }
 
 #[derive(Clone, Copy)]
@@ -222,13 +216,16 @@ mod simd {
         _mm256_loadu_ps(p as *const f32)
     }
 
-    /// Eight bf16 weights widened to f32: bf16 is the high half of an f32, so zero-extend
-    /// and shift (exact).
+    /// Sixteen bf16 weights widened to f32, as (even-indexed, odd-indexed) elements: bf16 is
+    /// the high half of an f32, so each 32-bit lane's low element shifted up and its high
+    /// element masked are exact f32 values, three instructions for sixteen weights.
     #[target_feature(enable = "avx2,fma")]
     #[inline]
-    unsafe fn load_bf16(p: *const u8) -> __m256 {
-        let half = _mm_loadu_si128(p as *const __m128i);
-        _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(half), 16))
+    unsafe fn load_bf16(p: *const u8) -> (__m256, __m256) {
+        let pairs = _mm256_loadu_si256(p as *const __m256i);
+        let even = _mm256_slli_epi32(pairs, 16);
+        let odd = _mm256_and_si256(pairs, _mm256_set1_epi32(0xFFFF_0000u32 as i32));
+        (_mm256_castsi256_ps(even), _mm256_castsi256_ps(odd))
     }
 
     /// G output features at a time, each against all R rows: R·G accumulators stay in
@@ -247,23 +244,45 @@ mod simd {
         while o < stop {
             let mut sums = [[_mm256_setzero_ps(); G]; R];
             let mut k = 0;
-            while k < inner {
-                let mut ws = [_mm256_setzero_ps(); G];
-                for (g, slot) in ws.iter_mut().enumerate() {
-                    let at = w.add(((o + g) * inner + k) * BYTES);
-                    *slot = if BYTES == 2 {
-                        load_bf16(at)
-                    } else {
-                        load_f32(at)
-                    };
+            if BYTES == 2 {
+                // 16 weights per step; x is in even/odd blocks (see `linear`). The odd
+                // products get their own accumulators so that two FMA chains run side by side.
+                let mut odds = [[_mm256_setzero_ps(); G]; R];
+                while k < inner {
+                    let mut ws = [(_mm256_setzero_ps(), _mm256_setzero_ps()); G];
+                    for (g, slot) in ws.iter_mut().enumerate() {
+                        *slot = load_bf16(w.add(((o + g) * inner + k) * 2));
+                    }
+                    for r in 0..R {
+                        let even = _mm256_loadu_ps(x.add(r * inner + k));
+                        let odd = _mm256_loadu_ps(x.add(r * inner + k + LANES));
+                        for g in 0..G {
+                            sums[r][g] = _mm256_fmadd_ps(ws[g].0, even, sums[r][g]);
+                            odds[r][g] = _mm256_fmadd_ps(ws[g].1, odd, odds[r][g]);
+                        }
+                    }
+                    k += 2 * LANES;
                 }
-                for (r, row) in sums.iter_mut().enumerate() {
-                    let xv = _mm256_loadu_ps(x.add(r * inner + k));
-                    for (g, sum) in row.iter_mut().enumerate() {
-                        *sum = _mm256_fmadd_ps(ws[g], xv, *sum);
+                for r in 0..R {
+                    for g in 0..G {
+                        sums[r][g] = _mm256_add_ps(sums[r][g], odds[r][g]);
                     }
                 }
-                k += LANES;
+            } else {
+                while k < inner {
+                    let mut ws = [_mm256_setzero_ps(); G];
+                    for (g, slot) in ws.iter_mut().enumerate() {
+                        let at = w.add(((o + g) * inner + k) * 4);
+                        *slot = load_f32(at);
+                    }
+                    for (r, row) in sums.iter_mut().enumerate() {
+                        let xv = _mm256_loadu_ps(x.add(r * inner + k));
+                        for (g, sum) in row.iter_mut().enumerate() {
+                            *sum = _mm256_fmadd_ps(ws[g], xv, *sum);
+                        }
+                    }
+                    k += LANES;
+                }
             }
             for (r, row) in sums.iter().enumerate() {
                 for (g, sum) in row.iter().enumerate() {
