@@ -7,13 +7,19 @@ use hindsight::model::skinny_matmul;
 use tch::{Device, Kind, Tensor};
 
 fn main() {
-    let rows: i64 = std::env::args().nth(1).and_then(|a| a.parse().ok()).unwrap_or(1);
+    let rows: i64 = std::env::args()
+        .nth(1)
+        .and_then(|a| a.parse().ok())
+        .unwrap_or(1);
     let shapes = [(960, 576), (576, 576), (3072, 576), (576, 1536)];
     println!("threads {} rows {rows}", tch::get_num_threads());
     println!("| weights | path | ms per 30 layers | GB/s |");
     println!("| --- | --- | ---: | ---: |");
     for kind in [Kind::Float, Kind::BFloat16] {
-        let count: usize = std::env::var("LAYERS").ok().and_then(|v| v.parse().ok()).unwrap_or(30);
+        let count: usize = std::env::var("LAYERS")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(30);
         let layers: Vec<Vec<Tensor>> = (0..count)
             .map(|_| {
                 shapes
@@ -22,7 +28,11 @@ fn main() {
                     .collect()
             })
             .collect();
-        let bytes: i64 = layers.iter().flatten().map(|w| w.numel() as i64 * w.kind().elt_size_in_bytes() as i64).sum();
+        let bytes: i64 = layers
+            .iter()
+            .flatten()
+            .map(|w| w.numel() as i64 * w.kind().elt_size_in_bytes() as i64)
+            .sum();
         let xs: Vec<Tensor> = shapes
             .iter()
             .map(|&(_, i)| Tensor::randn([rows, i], (Kind::Float, Device::Cpu)).to_kind(kind))
@@ -46,7 +56,11 @@ fn main() {
                 run();
             }
             let secs = start.elapsed().as_secs_f64() / reps as f64;
-            println!("| {kind:?} | {path} | {:.2} | {:.1} |", secs * 1e3, bytes as f64 / secs / 1e9);
+            println!(
+                "| {kind:?} | {path} | {:.2} | {:.1} |",
+                secs * 1e3,
+                bytes as f64 / secs / 1e9
+            );
         }
     }
 }

@@ -35,9 +35,15 @@ fn runtime() -> Option<&'static Runtime> {
             unsafe {
                 Some(Runtime {
                     parallel: std::mem::transmute::<*mut c_void, Parallel>(find(c"GOMP_parallel")?),
-                    thread_num: std::mem::transmute::<*mut c_void, Query>(find(c"omp_get_thread_num")?),
-                    num_threads: std::mem::transmute::<*mut c_void, Query>(find(c"omp_get_num_threads")?),
-                    max_threads: std::mem::transmute::<*mut c_void, Query>(find(c"omp_get_max_threads")?),
+                    thread_num: std::mem::transmute::<*mut c_void, Query>(find(
+                        c"omp_get_thread_num",
+                    )?),
+                    num_threads: std::mem::transmute::<*mut c_void, Query>(find(
+                        c"omp_get_num_threads",
+                    )?),
+                    max_threads: std::mem::transmute::<*mut c_void, Query>(find(
+                        c"omp_get_max_threads",
+                    )?),
                 })
             }
         })
@@ -75,5 +81,12 @@ pub fn run<F: Fn(usize, usize) + Sync>(work: F) {
     }
     let call = Call { work: &work, rt };
     // SAFETY: the trampoline matches the data it is given; 0 threads = the team's default.
-    unsafe { (rt.parallel)(trampoline::<F>, &call as *const Call<F> as *mut c_void, 0, 0) };
+    unsafe {
+        (rt.parallel)(
+            trampoline::<F>,
+            &call as *const Call<F> as *mut c_void,
+            0,
+            0,
+        )
+    };
 }

@@ -330,7 +330,7 @@ mod tests {
             return;
         }
         tch::manual_seed(7);
-        let (features, inner) = (192, 136);
+        let (features, inner) = (192, 144);
         for kind in [Kind::Float, Kind::BFloat16] {
             let w = Tensor::randn([features, inner], (Kind::Float, tch::Device::Cpu)).to_kind(kind);
             let b = Tensor::randn([features], (Kind::Float, tch::Device::Cpu)).to_kind(kind);
