@@ -117,11 +117,13 @@ pub fn reset_peak_rss() {
 }
 
 /// Timing of one generation.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct Timing {
     pub tokens: usize,
     pub first_token_s: f64,
     pub total_s: f64,
+    /// When each token arrived, seconds from submission.
+    pub token_s: Vec<f64>,
 }
 
 /// Submits greedy requests at once and waits for all; returns each one's timing.
@@ -152,25 +154,39 @@ pub fn generate_timed(
             })
         })
         .collect::<Result<Vec<_>, _>>()?;
-    let mut timings = Vec::new();
-    for mut stream in streams {
-        let mut first = None;
-        let mut tokens = 0;
-        while let Some(event) = stream.blocking_recv() {
-            match event {
-                GenerateEvent::Token(_) => {
-                    tokens += 1;
-                    first.get_or_insert_with(|| start.elapsed().as_secs_f64());
-                }
-                GenerateEvent::Finish(_) => break,
-                GenerateEvent::Error(err) => anyhow::bail!("generation failed: {err}"),
-            }
-        }
-        timings.push(Timing {
-            tokens,
-            first_token_s: first.unwrap_or(f64::NAN),
-            total_s: start.elapsed().as_secs_f64(),
-        });
-    }
+    // One receiver thread per stream, so each token is timed when it arrives.
+    let results: Vec<anyhow::Result<Timing>> = std::thread::scope(|scope| {
+        let handles: Vec<_> = streams
+            .into_iter()
+            .map(|mut stream| {
+                scope.spawn(move || {
+                    let mut token_s = Vec::new();
+                    while let Some(event) = stream.blocking_recv() {
+                        match event {
+                            GenerateEvent::Token(_) => token_s.push(start.elapsed().as_secs_f64()),
+                            GenerateEvent::Finish(_) => break,
+                            GenerateEvent::Error(err) => {
+                                anyhow::bail!("generation failed: {err}")
+                            }
+                        }
+                    }
+                    Ok(Timing {
+                        tokens: token_s.len(),
+                        first_token_s: token_s.first().copied().unwrap_or(f64::NAN),
+                        total_s: start.elapsed().as_secs_f64(),
+                        token_s,
+                    })
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| {
+                h.join()
+                    .unwrap_or_else(|_| Err(anyhow::anyhow!("receiver panicked")))
+            })
+            .collect()
+    });
+    let timings = results.into_iter().collect::<anyhow::Result<Vec<_>>>()?;
     Ok(timings)
 }

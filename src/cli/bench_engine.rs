@@ -20,6 +20,8 @@ struct Row {
     prefill_tok_s: f64,
     decode_tok_s: f64,
     concurrent_tok_s: f64,
+    /// The same run from the moment every sequence has its first token: decode only.
+    concurrent_decode_tok_s: f64,
     peak_rss_mib: f64,
 }
 
@@ -30,8 +32,8 @@ fn measure_ours(args: &EngineArgs, dtype: &str, prompt: &[u32]) -> anyhow::Resul
     options.max_batch = args.concurrent.max(1);
     let engine = LocalEngine::start(options)?;
     generate_timed(&engine, &[prompt.to_vec()], 8)?; // warm-up
-    let prefill = generate_timed(&engine, &[prompt.to_vec()], 1)?[0];
-    let single = generate_timed(&engine, &[prompt.to_vec()], args.new_tokens)?[0];
+    let prefill = &generate_timed(&engine, &[prompt.to_vec()], 1)?[0];
+    let single = &generate_timed(&engine, &[prompt.to_vec()], args.new_tokens)?[0];
     let decode_tok_s = (single.tokens - 1) as f64 / (single.total_s - single.first_token_s);
     let prompts: Vec<Vec<u32>> = (0..args.concurrent)
         .map(|i| engine.encode(&format!("Request {i}. {PROMPT}")))
@@ -39,7 +41,14 @@ fn measure_ours(args: &EngineArgs, dtype: &str, prompt: &[u32]) -> anyhow::Resul
     let all = generate_timed(&engine, &prompts, args.new_tokens)?;
     let wall = all.iter().map(|t| t.total_s).fold(0.0, f64::max);
     let tokens: usize = all.iter().map(|t| t.tokens).sum();
+    let all_started = all.iter().map(|t| t.first_token_s).fold(0.0, f64::max);
+    let decoded = all
+        .iter()
+        .flat_map(|t| &t.token_s)
+        .filter(|&&at| at > all_started)
+        .count();
     Ok(Row {
+        concurrent_decode_tok_s: decoded as f64 / (wall - all_started),
         prefill_tok_s: prompt.len() as f64 / prefill.first_token_s,
         decode_tok_s,
         concurrent_tok_s: tokens as f64 / wall,
@@ -147,6 +156,14 @@ pub fn run(args: EngineArgs) -> anyhow::Result<()> {
     println!(
         "| {} concurrent, aggregate tok/s, bf16 | {:.1} | - |",
         args.concurrent, bf16_row.concurrent_tok_s
+    );
+    println!(
+        "| {} concurrent, decode only (after every first token), f32 | {:.1} | - |",
+        args.concurrent, f32_row.concurrent_decode_tok_s
+    );
+    println!(
+        "| {} concurrent, decode only (after every first token), bf16 | {:.1} | - |",
+        args.concurrent, bf16_row.concurrent_decode_tok_s
     );
     println!(
         "| peak RSS MiB, f32 phase | {:.0} | {} |",
