@@ -1,12 +1,12 @@
 //! `x Wᵀ (+ b)` for the few rows of a decode step, on the CPU, with f32 or bf16 weights.
 //!
 //! Decoding reads every weight once per step for one to a few rows, so it is bound by memory
-//! bandwidth. libtorch runs such products as MKL gemv on one thread (f32), or as a bf16 gemv that
-//! widens element by element at about half of MKL's speed (see BENCHMARKS.md). This kernel
-//! streams the weight once for all rows, widens bf16 with two vector instructions, accumulates
-//! in f32 (like a bf16 gemm with f32 accumulation), and splits the output features across the
-//! torch threads (on libtorch's own OpenMP team, see `omp_team`). It needs AVX2 and FMA; anything it does not cover returns `None` and the
-//! caller uses libtorch.
+//! bandwidth. libtorch runs such products as MKL gemv on one thread (f32), or as a bf16 gemv
+//! that widens element by element (see BENCHMARKS.md). This kernel streams the weight once for
+//! all rows, widens bf16 sixteen at a time (shift and mask, exact), accumulates in f32 (like a
+//! bf16 gemm with f32 accumulation), and splits the output features across libtorch's own
+//! OpenMP team (see `omp_team`). It needs AVX2 and FMA; anything it does not cover returns
+//! `None` and the caller uses libtorch.
 
 use std::sync::OnceLock;
 

@@ -319,12 +319,12 @@ impl Transformer {
         self.linear(&h, head, None).to_kind(Kind::Float)
     }
 
-    /// `x Wᵀ + b` in the model's dtype. libtorch's bf16 gemm on a CPU without native bf16 is
-    /// several times slower than MKL's sgemm, so with more than one row a bf16 weight is first
-    /// widened into the f32 scratch (exact) and multiplied in f32, then rounded back to bf16
-    /// like a bf16 gemm with f32 accumulation. A single row keeps the bf16 gemv, which streams
-    /// half the bytes. The scratch is reused, so only when no autograd graph can keep it.
-    /// The few rows of a decode step go through `skinny_matmul` when it applies.
+    /// `x Wᵀ + b` in the model's dtype. The few rows of a decode step go through
+    /// `skinny_matmul` when it applies. Otherwise: libtorch's bf16 gemm on a CPU without native
+    /// bf16 is several times slower than MKL's sgemm, so with more than one row a bf16 weight
+    /// is first widened into the f32 scratch (exact) and multiplied in f32, then rounded back
+    /// to bf16 like a bf16 gemm with f32 accumulation. A single row keeps the bf16 gemv, which
+    /// streams half the bytes. The scratch is reused, so only when no autograd graph can keep it.
     fn linear(&self, x: &Tensor, w: &Tensor, b: Option<&Tensor>) -> Tensor {
         if rows(x) <= skinny_matmul::MAX_ROWS as i64 {
             if let Some(y) = skinny_matmul::linear(x, w, b) {
