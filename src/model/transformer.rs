@@ -299,10 +299,8 @@ impl Transformer {
         );
         let head = self.lm_head.as_ref().unwrap_or(&self.embed);
         let h = h.to_kind(self.kind);
-        if rows(&h) <= skinny_matmul::MAX_ROWS as i64 {
-            if let Some(logits) = skinny_matmul::linear(&h, head, None) {
-                return logits.to_kind(Kind::Float);
-            }
+        if let Some(logits) = skinny_matmul::linear(&h, head, None) {
+            return logits.to_kind(Kind::Float);
         }
         if self.scratch.is_some() && rows(&h) > 1 {
             // Through `linear` in chunks of the vocabulary, so the f32 scratch stays small.
@@ -326,10 +324,8 @@ impl Transformer {
     /// to bf16 like a bf16 gemm with f32 accumulation. A single row keeps the bf16 gemv, which
     /// streams half the bytes. The scratch is reused, so only when no autograd graph can keep it.
     fn linear(&self, x: &Tensor, w: &Tensor, b: Option<&Tensor>) -> Tensor {
-        if rows(x) <= skinny_matmul::MAX_ROWS as i64 {
-            if let Some(y) = skinny_matmul::linear(x, w, b) {
-                return y;
-            }
+        if let Some(y) = skinny_matmul::linear(x, w, b) {
+            return y;
         }
         match &self.scratch {
             Some(scratch) if rows(x) > 1 && !x.requires_grad() && w.numel() <= scratch.numel() => {
