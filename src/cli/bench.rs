@@ -119,11 +119,19 @@ pub fn reset_peak_rss() {
 /// Timing of one generation.
 #[derive(Debug, Clone)]
 pub struct Timing {
-    pub tokens: usize,
-    pub first_token_s: f64,
     pub total_s: f64,
     /// When each token arrived, seconds from submission.
     pub token_s: Vec<f64>,
+}
+
+impl Timing {
+    pub fn tokens(&self) -> usize {
+        self.token_s.len()
+    }
+
+    pub fn first_token_s(&self) -> f64 {
+        self.token_s.first().copied().unwrap_or(f64::NAN)
+    }
 }
 
 /// Submits greedy requests at once and waits for all; returns each one's timing.
@@ -171,8 +179,6 @@ pub fn generate_timed(
                         }
                     }
                     Ok(Timing {
-                        tokens: token_s.len(),
-                        first_token_s: token_s.first().copied().unwrap_or(f64::NAN),
                         total_s: start.elapsed().as_secs_f64(),
                         token_s,
                     })

@@ -34,14 +34,14 @@ fn measure_ours(args: &EngineArgs, dtype: &str, prompt: &[u32]) -> anyhow::Resul
     generate_timed(&engine, &[prompt.to_vec()], 8)?; // warm-up
     let prefill = &generate_timed(&engine, &[prompt.to_vec()], 1)?[0];
     let single = &generate_timed(&engine, &[prompt.to_vec()], args.new_tokens)?[0];
-    let decode_tok_s = (single.tokens - 1) as f64 / (single.total_s - single.first_token_s);
+    let decode_tok_s = (single.tokens() - 1) as f64 / (single.total_s - single.first_token_s());
     let prompts: Vec<Vec<u32>> = (0..args.concurrent)
         .map(|i| engine.encode(&format!("Request {i}. {PROMPT}")))
         .collect();
     let all = generate_timed(&engine, &prompts, args.new_tokens)?;
     let wall = all.iter().map(|t| t.total_s).fold(0.0, f64::max);
-    let tokens: usize = all.iter().map(|t| t.tokens).sum();
-    let all_started = all.iter().map(|t| t.first_token_s).fold(0.0, f64::max);
+    let tokens: usize = all.iter().map(|t| t.tokens()).sum();
+    let all_started = all.iter().map(|t| t.first_token_s()).fold(0.0, f64::max);
     let decoded = all
         .iter()
         .flat_map(|t| &t.token_s)
@@ -49,7 +49,7 @@ fn measure_ours(args: &EngineArgs, dtype: &str, prompt: &[u32]) -> anyhow::Resul
         .count();
     Ok(Row {
         concurrent_decode_tok_s: decoded as f64 / (wall - all_started),
-        prefill_tok_s: prompt.len() as f64 / prefill.first_token_s,
+        prefill_tok_s: prompt.len() as f64 / prefill.first_token_s(),
         decode_tok_s,
         concurrent_tok_s: tokens as f64 / wall,
         peak_rss_mib: peak_rss_mib(),

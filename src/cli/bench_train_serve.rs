@@ -141,7 +141,7 @@ struct Phase {
 /// Aggregate tok/s of one burst: every stream's tokens over the wall time of the slowest.
 fn burst(engine: &LocalEngine, prompts: &[Vec<u32>], new_tokens: usize) -> anyhow::Result<f64> {
     let timings = generate_timed(engine, prompts, new_tokens)?;
-    let tokens: usize = timings.iter().map(|t| t.tokens).sum();
+    let tokens: usize = timings.iter().map(|t| t.tokens()).sum();
     let wall = timings.iter().map(|t| t.total_s).fold(0.0, f64::max);
     Ok(tokens as f64 / wall)
 }
