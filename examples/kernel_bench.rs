@@ -1,6 +1,6 @@
 //! Microbenchmark of the decode matmuls: `skinny_matmul` vs libtorch's linear, for the default
 //! model's weight shapes, 30 layers of distinct weights (so nothing stays in cache).
-//! `cargo run --release --example kernel_bench [ROWS]`
+//! `cargo run --release --example kernel_bench [ROWS]` (HINDSIGHT_SKINNY_ISA=avx2: the AVX2 kernels)
 use std::time::Instant;
 
 use hindsight::model::skinny_matmul;

@@ -54,9 +54,18 @@ fn main() -> anyhow::Result<()> {
         tch::set_num_threads(n);
     }
     println!("torch threads: {}", tch::get_num_threads());
+    // MODEL_SPEED_ONLY=bf16 / f32 / bf16:1 / f32:8 … narrows the runs (for profiling).
+    let only = std::env::var("MODEL_SPEED_ONLY").unwrap_or_default();
+    let wanted = |kind: Kind, batch: usize| {
+        let name = if kind == Kind::Float { "f32" } else { "bf16" };
+        only.is_empty() || only == name || only == format!("{name}:{batch}")
+    };
     for kind in [Kind::Float, Kind::BFloat16] {
+        if ![1, 8].iter().any(|&b| wanted(kind, b)) {
+            continue;
+        }
         let model = Transformer::load(&dir, Device::Cpu, kind)?;
-        for batch in [1usize, 8] {
+        for batch in [1usize, 8].into_iter().filter(|&b| wanted(kind, b)) {
             let ms = measure(&model, batch, steps)?;
             println!(
                 "{kind:?} batch {batch}: {ms:.2} ms/step, {:.1} tok/s aggregate",

@@ -7,6 +7,8 @@
 use tch::{Device, Kind, Tensor};
 
 use super::error::ModelError;
+use super::fused_decode::{LayerCache, StepRow};
+use super::lora::LayerLora;
 use super::transformer::{AdapterGroup, KvSource, StepContext, Transformer};
 
 pub struct KvCache {
@@ -286,6 +288,36 @@ impl Transformer {
         let same_len = lens.iter().all(|&l| l + 1 == len_max);
         cache.ensure_capacity(len_max)?;
         let _guard = tch::no_grad_guard();
+        // Each row's fused serving adapter layers (None: the base), when the fused step
+        // takes every one of them.
+        let fused_adapters: Option<Vec<Option<&[LayerLora]>>> = adapters
+            .iter()
+            .map(|&id| match self.installed_adapter(id) {
+                Ok(None) => Some(None),
+                Ok(Some(a)) if Self::fused_decode_takes(a) => a.fused.as_deref().map(Some),
+                _ => None,
+            })
+            .collect();
+        if let Some(fused_adapters) = fused_adapters.filter(|_| self.fused_decode_covers(b)) {
+            let step: Vec<StepRow> = (0..b)
+                .map(|i| StepRow {
+                    cache_row: rows[i],
+                    position: lens[i],
+                    token: tokens[i],
+                })
+                .collect();
+            let layers: Vec<LayerCache> = cache
+                .keys
+                .iter()
+                .zip(&cache.values)
+                .map(|(keys, values)| LayerCache { keys, values })
+                .collect();
+            let logits = self.decode_fused(&layers, cache.capacity, &step, &fused_adapters);
+            for &slot in slots {
+                cache.lens[slot] += 1;
+            }
+            return Ok(logits);
+        }
 
         // Process the batch in row order so that rows 0..B are read through a view.
         let mut order: Vec<usize> = (0..b).collect();

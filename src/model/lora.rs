@@ -140,11 +140,24 @@ pub(crate) struct LayerLora {
     pub down: Option<FusedLora>,
 }
 
+/// Serving adapters pad their fused rank to a multiple of this with zeros, so that the
+/// `skinny_matmul` kernels (64 output features per task) can run both low-rank products in
+/// the fused decode step. The zeros add nothing to the delta.
+const SERVING_RANK_MULTIPLE: i64 = 64;
+
+impl FusedLora {
+    /// A [rank, in] and B [out, rank] (B already scaled).
+    pub(crate) fn parts(&self) -> (&Tensor, &Tensor) {
+        (&self.a, &self.b)
+    }
+}
+
 fn fuse(
     pairs: &[LoraPair],
     members: &[LoraTarget],
     config: &ModelConfig,
     scale: f64,
+    serving: bool,
 ) -> Option<FusedLora> {
     let present: Vec<&LoraPair> = members
         .iter()
@@ -171,20 +184,33 @@ fn fuse(
             None => rows.push(Tensor::zeros([out, total_rank], (kind, device))),
         }
     }
-    Some(FusedLora {
-        a,
-        b: Tensor::cat(&rows, 0),
-    })
+    let b = Tensor::cat(&rows, 0);
+    let pad = (SERVING_RANK_MULTIPLE - total_rank % SERVING_RANK_MULTIPLE) % SERVING_RANK_MULTIPLE;
+    if serving && pad > 0 {
+        let (fan_in, out) = (a.size()[1], b.size()[0]);
+        return Some(FusedLora {
+            a: Tensor::cat(&[a, Tensor::zeros([pad, fan_in], (kind, device))], 0),
+            b: Tensor::cat(&[b, Tensor::zeros([out, pad], (kind, device))], 1),
+        });
+    }
+    Some(FusedLora { a, b })
 }
 
-/// Groups one layer's pairs into the fused shapes the base weights use.
-pub(crate) fn fuse_layer(pairs: &[LoraPair], config: &ModelConfig, scale: f64) -> LayerLora {
+/// Groups one layer's pairs into the fused shapes the base weights use; `serving` pads the
+/// rank for the fused decode step (see `SERVING_RANK_MULTIPLE`), a trainable adapter's
+/// autograd graph does without.
+pub(crate) fn fuse_layer(
+    pairs: &[LoraPair],
+    config: &ModelConfig,
+    scale: f64,
+    serving: bool,
+) -> LayerLora {
     use LoraTarget::*;
     LayerLora {
-        qkv: fuse(pairs, &[Q, K, V], config, scale),
-        o: fuse(pairs, &[O], config, scale),
-        gate_up: fuse(pairs, &[Gate, Up], config, scale),
-        down: fuse(pairs, &[Down], config, scale),
+        qkv: fuse(pairs, &[Q, K, V], config, scale, serving),
+        o: fuse(pairs, &[O], config, scale, serving),
+        gate_up: fuse(pairs, &[Gate, Up], config, scale, serving),
+        down: fuse(pairs, &[Down], config, scale, serving),
     }
 }
 

@@ -5,6 +5,7 @@ pub mod config;
 pub mod cpu;
 pub mod default_model;
 pub mod error;
+pub mod fused_decode;
 pub mod gguf;
 pub mod kv_cache;
 pub mod logprobs;

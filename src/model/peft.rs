@@ -398,7 +398,7 @@ impl Transformer {
         let scale = snapshot.config.scale();
         let fused = pairs
             .iter()
-            .map(|p| lora::fuse_layer(p, &self.config, scale))
+            .map(|p| lora::fuse_layer(p, &self.config, scale, true))
             .collect();
         Ok(InstalledAdapter {
             config: snapshot.config.clone(),

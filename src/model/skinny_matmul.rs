@@ -12,6 +12,8 @@ use std::sync::OnceLock;
 
 use tch::{Kind, Tensor};
 
+mod simd512;
+
 /// The most rows one call covers: every row keeps its own accumulators in registers.
 pub const MAX_ROWS: usize = 8;
 
@@ -24,6 +26,31 @@ fn enabled() -> bool {
     *ENABLED.get_or_init(|| {
         let wanted = std::env::var("HINDSIGHT_SKINNY_MATMUL").map_or(true, |v| v != "0");
         wanted && simd::available()
+    })
+}
+
+/// Which wider kernels this CPU can run besides the AVX2 ones. `HINDSIGHT_SKINNY_ISA=avx2`
+/// keeps the AVX2 kernels, for A/B runs.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Wide {
+    None,
+    /// AVX-512F: f32 weights sixteen lanes at a time.
+    Avx512,
+    /// AVX-512F with AVX512-BF16: bf16 weights as pairwise bf16 dot products (`vdpbf16ps`).
+    Avx512Bf16,
+}
+
+fn wide() -> Wide {
+    static WIDE: OnceLock<Wide> = OnceLock::new();
+    *WIDE.get_or_init(|| {
+        if std::env::var("HINDSIGHT_SKINNY_ISA").is_ok_and(|v| v == "avx2") {
+            return Wide::None;
+        }
+        match (simd512::available(), simd512::available_bf16()) {
+            (true, true) => Wide::Avx512Bf16,
+            (true, false) => Wide::Avx512,
+            _ => Wide::None,
+        }
     })
 }
 
@@ -53,15 +80,36 @@ pub fn linear(x: &Tensor, w: &Tensor, b: Option<&Tensor>) -> Option<Tensor> {
     {
         return None;
     }
-    let (rows, features, inner) = (rows as usize, features as usize, inner as usize);
-    let x32 = x.to_kind(Kind::Float);
+    let kernel = match (w.kind(), wide()) {
+        (Kind::BFloat16, Wide::Avx512Bf16) if inner as usize % simd512::BF16_STEP == 0 => {
+            Kernel::Bf16Dot
+        }
+        (Kind::Float, Wide::Avx512 | Wide::Avx512Bf16) => Kernel::Avx512,
+        _ => Kernel::Avx2,
+    };
+    Some(run(x, w, b, kernel))
+}
+
+/// The product with the given kernel, on inputs `linear` has checked.
+fn run(x: &Tensor, w: &Tensor, b: Option<&Tensor>, kernel: Kernel) -> Tensor {
+    let (x_size, w_size) = (x.size(), w.size());
+    let (features, inner) = (w_size[0] as usize, w_size[1] as usize);
+    let rows = x.numel() / inner;
+    // The bf16 dot products take x as bf16 (the model's activations are bf16 already).
+    let x16 = (kernel == Kernel::Bf16Dot).then(|| x.to_kind(Kind::BFloat16));
+    let x32 = (kernel != Kernel::Bf16Dot).then(|| x.to_kind(Kind::Float));
     let bias32 = b.map(|b| b.to_kind(Kind::Float));
     // SAFETY: contiguous CPU tensors of the checked sizes and dtypes, alive for this call.
-    let xs = unsafe { std::slice::from_raw_parts(x32.data_ptr() as *const f32, rows * inner) };
-    // bf16 weights are read 16 at a time as 8 even and 8 odd elements (see `simd::block`), so
-    // x is laid out the same way.
+    let xs = x32.as_ref().map_or(&[][..], |x| unsafe {
+        std::slice::from_raw_parts(x.data_ptr() as *const f32, rows * inner)
+    });
+    let xs_bf16 = x16.as_ref().map_or(&[][..], |x| unsafe {
+        std::slice::from_raw_parts(x.data_ptr() as *const u16, rows * inner)
+    });
+    // The AVX2 kernel reads bf16 weights 16 at a time as 8 even and 8 odd elements (see
+    // `simd::block`), so x is laid out the same way.
     let paired: Vec<f32>;
-    let xs = if w.kind() == Kind::BFloat16 {
+    let xs = if w.kind() == Kind::BFloat16 && kernel == Kernel::Avx2 {
         paired = even_odd_blocks(xs, 2 * simd::LANES);
         &paired[..]
     } else {
@@ -79,31 +127,98 @@ pub fn linear(x: &Tensor, w: &Tensor, b: Option<&Tensor>) -> Option<Tensor> {
         }),
     };
     let mut out_size = x_size.clone();
-    *out_size.last_mut()? = features as i64;
+    if let Some(last) = out_size.last_mut() {
+        *last = features as i64;
+    }
     let out = Tensor::empty(out_size.as_slice(), (x.kind(), tch::Device::Cpu));
     let target = match x.kind() {
         Kind::Float => Output::F32(out.data_ptr() as *mut f32),
         _ => Output::Bf16(out.data_ptr() as *mut u16),
     };
-    let job = Job {
+    Job {
+        kernel,
         xs,
+        xs_bf16,
         rows,
         inner,
         features,
         weight,
         bias,
         target,
-    };
-    let tasks = features / TASK_FEATURES;
-    if tasks > 1 && super::omp_team::threads() > 1 {
-        super::omp_team::run(|index, count| {
-            let per = tasks.div_ceil(count);
-            job.run_tasks(index * per, ((index + 1) * per).min(tasks));
-        });
-    } else {
-        job.run_tasks(0, tasks);
     }
-    Some(out)
+    .execute();
+    out
+}
+
+/// Whether `into` can multiply by `w`: a CPU weight [features, inner] of f32 or bf16 that the
+/// kernels cover, on a CPU they run on.
+pub(crate) fn covers(w: &Tensor) -> bool {
+    let size = w.size();
+    enabled()
+        && !w.requires_grad()
+        && w.device() == tch::Device::Cpu
+        && w.is_contiguous()
+        && matches!(w.kind(), Kind::Float | Kind::BFloat16)
+        && size.len() == 2
+        && size[1] % (2 * simd::LANES) as i64 == 0
+        && size[0] % TASK_FEATURES as i64 == 0
+}
+
+/// `out [rows, features] = x [rows, inner] · wᵀ (+ bias)` on plain f32 buffers, for a weight
+/// that `covers` accepts (the fused decode step; x is rounded to bf16 for the bf16 dot
+/// products, as the tensor path's bf16 activations are).
+pub(crate) fn into(x: &[f32], w: &Tensor, bias: Option<&[f32]>, out: &mut [f32]) {
+    let size = w.size();
+    let (features, inner) = (size[0] as usize, size[1] as usize);
+    let rows = x.len() / inner;
+    assert!(
+        rows >= 1 && rows <= MAX_ROWS && x.len() == rows * inner && out.len() == rows * features,
+        "skinny_matmul::into: x {} and out {} do not fit a [{features}, {inner}] weight",
+        x.len(),
+        out.len()
+    );
+    assert!(bias.is_none_or(|b| b.len() == features));
+    let kernel = match (w.kind(), wide()) {
+        (Kind::BFloat16, Wide::Avx512Bf16) if inner % simd512::BF16_STEP == 0 => Kernel::Bf16Dot,
+        (Kind::Float, Wide::Avx512 | Wide::Avx512Bf16) => Kernel::Avx512,
+        _ => Kernel::Avx2,
+    };
+    let (rounded, paired): (Vec<u16>, Vec<f32>) = match (kernel, w.kind()) {
+        (Kernel::Bf16Dot, _) => (
+            x.iter()
+                .map(|&v| half::bf16::from_f32(v).to_bits())
+                .collect(),
+            Vec::new(),
+        ),
+        // Rounded to bf16 like the tensor path's activations, then widened back.
+        (_, Kind::BFloat16) => {
+            let round = |v: f32| half::bf16::from_f32(v).to_f32();
+            let rounded: Vec<f32> = x.iter().map(|&v| round(v)).collect();
+            (Vec::new(), even_odd_blocks(&rounded, 2 * simd::LANES))
+        }
+        _ => (Vec::new(), Vec::new()),
+    };
+    // SAFETY: `covers` checked a contiguous CPU weight of this dtype and size.
+    let weight = match w.kind() {
+        Kind::Float => Weight::F32(unsafe {
+            std::slice::from_raw_parts(w.data_ptr() as *const f32, features * inner)
+        }),
+        _ => Weight::Bf16(unsafe {
+            std::slice::from_raw_parts(w.data_ptr() as *const u16, features * inner)
+        }),
+    };
+    Job {
+        kernel,
+        xs: if paired.is_empty() { x } else { &paired },
+        xs_bf16: &rounded,
+        rows,
+        inner,
+        features,
+        weight,
+        bias,
+        target: Output::F32(out.as_mut_ptr()),
+    }
+    .execute();
 }
 
 /// Each block of `block` values as its even-indexed values, then its odd-indexed ones.
@@ -128,8 +243,19 @@ enum Output {
     Bf16(*mut u16),
 }
 
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Kernel {
+    Avx2,
+    Avx512,
+    Bf16Dot,
+}
+
 struct Job<'a> {
+    kernel: Kernel,
+    /// x as f32 (empty for `Kernel::Bf16Dot`).
     xs: &'a [f32],
+    /// x as bf16 bits (only for `Kernel::Bf16Dot`).
+    xs_bf16: &'a [u16],
     rows: usize,
     inner: usize,
     features: usize,
@@ -142,14 +268,33 @@ struct Job<'a> {
 unsafe impl Sync for Job<'_> {}
 
 impl Job<'_> {
+    /// Splits the output features across the OpenMP team.
+    fn execute(&self) {
+        let tasks = self.features / TASK_FEATURES;
+        if tasks > 1 && super::omp_team::threads() > 1 {
+            super::omp_team::run(|index, count| {
+                let per = tasks.div_ceil(count);
+                self.run_tasks(index * per, ((index + 1) * per).min(tasks));
+            });
+        } else {
+            self.run_tasks(0, tasks);
+        }
+    }
+
     fn run_tasks(&self, first: usize, end: usize) {
         if first >= end {
             return;
         }
         let (start, stop) = (first * TASK_FEATURES, end * TASK_FEATURES);
         let mut acc = vec![0f32; self.rows * (stop - start)];
-        // SAFETY: `enabled()` checked AVX2 and FMA; slices are sized by `linear`.
-        unsafe { simd::products(self, start, stop, &mut acc) };
+        // SAFETY: `enabled()` checked AVX2 and FMA, `wide()` the AVX-512 features of the
+        // kernel chosen; slices are sized by `linear`.
+        unsafe {
+            match self.kernel {
+                Kernel::Avx2 => simd::products(self, start, stop, &mut acc),
+                Kernel::Avx512 | Kernel::Bf16Dot => simd512::products(self, start, stop, &mut acc),
+            }
+        };
         let width = stop - start;
         for r in 0..self.rows {
             for (j, value) in acc[r * width..(r + 1) * width].iter().enumerate() {
@@ -327,7 +472,20 @@ mod simd {
 mod tests {
     use super::*;
 
-    /// Every row count and weight dtype against libtorch's own linear, with and without bias.
+    /// The kernels this CPU runs for weights of `kind`.
+    fn kernels_for(kind: Kind) -> Vec<Kernel> {
+        let mut kernels = vec![Kernel::Avx2];
+        match kind {
+            Kind::Float if simd512::available() => kernels.push(Kernel::Avx512),
+            Kind::BFloat16 if simd512::available_bf16() => kernels.push(Kernel::Bf16Dot),
+            _ => {}
+        }
+        eprintln!("{kind:?}: testing {kernels:?}");
+        kernels
+    }
+
+    /// Every row count, weight dtype and kernel this CPU runs against libtorch's own linear,
+    /// with and without bias.
     #[test]
     fn matches_libtorch_for_every_row_count() {
         if !simd::available() {
@@ -335,15 +493,21 @@ mod tests {
             return;
         }
         tch::manual_seed(7);
-        let (features, inner) = (192, 144);
+        let (features, inner) = (192, 160);
         for kind in [Kind::Float, Kind::BFloat16] {
+            let kernels = kernels_for(kind);
             let w = Tensor::randn([features, inner], (Kind::Float, tch::Device::Cpu)).to_kind(kind);
             let b = Tensor::randn([features], (Kind::Float, tch::Device::Cpu)).to_kind(kind);
             for rows in 1..=MAX_ROWS as i64 {
                 let x =
                     Tensor::randn([rows, 1, inner], (Kind::Float, tch::Device::Cpu)).to_kind(kind);
-                for bias in [None, Some(&b)] {
-                    let ours = linear(&x, &w, bias).expect("the kernel applies");
+                for (kernel, bias) in kernels
+                    .iter()
+                    .copied()
+                    .flat_map(|k| [(k, None), (k, Some(&b))])
+                {
+                    assert!(linear(&x, &w, bias).is_some(), "the kernel applies");
+                    let ours = run(&x, &w, bias, kernel);
                     assert_eq!(ours.kind(), kind);
                     assert_eq!(ours.size(), [rows, 1, features]);
                     // The reference in f32 from the same (already rounded) inputs.
@@ -358,7 +522,10 @@ mod tests {
                     let scale = want.abs().max().double_value(&[]);
                     // f32: summation order only; bf16: the output's rounding (2^-8 relative).
                     let tol = if kind == Kind::Float { 1e-5 } else { 8e-3 } * scale;
-                    assert!(diff <= tol, "{kind:?} rows {rows}: max diff {diff} > {tol}");
+                    assert!(
+                        diff <= tol,
+                        "{kernel:?} {kind:?} rows {rows}: max diff {diff} > {tol}"
+                    );
                 }
             }
         }

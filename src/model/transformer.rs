@@ -13,18 +13,18 @@ use super::skinny_matmul;
 use super::weights::WeightFiles;
 
 pub(crate) struct Layer {
-    input_norm: Tensor,
+    pub(crate) input_norm: Tensor,
     /// [q_dim + 2 kv_dim, hidden]
-    qkv_w: Tensor,
-    qkv_b: Option<Tensor>,
-    o_w: Tensor,
-    o_b: Option<Tensor>,
-    q_norm: Option<Tensor>,
-    k_norm: Option<Tensor>,
-    post_norm: Tensor,
+    pub(crate) qkv_w: Tensor,
+    pub(crate) qkv_b: Option<Tensor>,
+    pub(crate) o_w: Tensor,
+    pub(crate) o_b: Option<Tensor>,
+    pub(crate) q_norm: Option<Tensor>,
+    pub(crate) k_norm: Option<Tensor>,
+    pub(crate) post_norm: Tensor,
     /// [2 intermediate, hidden]
-    gate_up_w: Tensor,
-    down_w: Tensor,
+    pub(crate) gate_up_w: Tensor,
+    pub(crate) down_w: Tensor,
 }
 
 /// The installed adapter: pairs per layer, and for serving adapters their fused form
@@ -39,10 +39,10 @@ pub struct Transformer {
     pub(crate) config: ModelConfig,
     pub(crate) device: Device,
     pub(crate) kind: Kind,
-    embed: Tensor,
+    pub(crate) embed: Tensor,
     /// None when tied to `embed`.
-    lm_head: Option<Tensor>,
-    final_norm: Tensor,
+    pub(crate) lm_head: Option<Tensor>,
+    pub(crate) final_norm: Tensor,
     pub(crate) layers: Vec<Layer>,
     pub(crate) rope: RopeTables,
     /// The current adapter (serving or trainable), installed under `adapter_id`.
@@ -53,6 +53,8 @@ pub struct Transformer {
     /// bf16 on a CPU without native bf16 matmuls: f32 room for the largest weight (see
     /// `Transformer::linear`).
     scratch: Option<Tensor>,
+    /// Decode steps may run in `fused_decode` (checked at load).
+    pub(crate) fused_decode: bool,
 }
 
 /// Output rows of the lm_head converted to f32 at a time (bf16 on CPU, several rows).
@@ -188,7 +190,8 @@ impl Transformer {
                 .max((HEAD_CHUNK * h) as usize);
             Tensor::empty([largest as i64], (Kind::Float, device))
         });
-        Ok(Transformer {
+        let mut model = Transformer {
+            fused_decode: false,
             scratch,
             final_norm: norm("model.norm.weight", &[h])?,
             rope: RopeTables::new(c, device),
@@ -201,7 +204,9 @@ impl Transformer {
             adapter: None,
             adapter_id: 0,
             leased: Vec::new(),
-        })
+        };
+        model.fused_decode = model.fused_decode_model();
+        Ok(model)
     }
 
     pub fn config(&self) -> &ModelConfig {
@@ -494,7 +499,7 @@ impl Transformer {
                     let scale = a.config.scale();
                     a.pairs
                         .iter()
-                        .map(|p| lora::fuse_layer(p, &self.config, scale))
+                        .map(|p| lora::fuse_layer(p, &self.config, scale, false))
                         .collect()
                 })
             })
