@@ -44,7 +44,7 @@ pub(crate) struct StepRow {
 impl Transformer {
     /// Whether `decode_fused` can run `rows` rows on this model (see `fused_decode_model`).
     pub(crate) fn fused_decode_covers(&self, rows: usize) -> bool {
-        self.fused_decode && enabled() && rows >= 1 && rows <= MAX_ROWS
+        self.fused_decode && enabled() && (1..=MAX_ROWS).contains(&rows)
     }
 
     /// Turns the fused decode step on or off for this model (on only where it applies), for
@@ -61,7 +61,7 @@ impl Transformer {
         let head = self.lm_head.as_ref().unwrap_or(&self.embed);
         self.device == Device::Cpu
             && skinny_matmul::covers(head)
-            && self.config.head_dim % 16 == 0
+            && self.config.head_dim.is_multiple_of(16)
             && self.layers.iter().all(|l| {
                 [&l.qkv_w, &l.o_w, &l.gate_up_w, &l.down_w]
                     .into_iter()
@@ -134,8 +134,8 @@ impl Transformer {
                 let (q, rest) = out.split_at_mut(qd);
                 let (k, v) = rest.split_at_mut(kvd);
                 if let (Some(qn), Some(kn)) = (&layer.q_norm, &layer.k_norm) {
-                    rms_norm_rows(&q.to_vec(), f32s(qn), eps, q);
-                    rms_norm_rows(&k.to_vec(), f32s(kn), eps, k);
+                    rms_norm_in_place(q, f32s(qn), eps);
+                    rms_norm_in_place(k, f32s(kn), eps);
                 }
                 self.rope_heads(q, row.position);
                 self.rope_heads(k, row.position);
@@ -390,6 +390,18 @@ fn rms_norm_rows(x: &[f32], weight: &[f32], eps: f32, out: &mut [f32]) {
         let inv = 1.0 / (mean + eps).sqrt();
         for ((d, &v), &w) in dst.iter_mut().zip(row).zip(weight) {
             *d = v * inv * w;
+        }
+    }
+}
+
+/// `rms_norm_rows` of `x` onto itself.
+fn rms_norm_in_place(x: &mut [f32], weight: &[f32], eps: f32) {
+    let n = weight.len();
+    for row in x.chunks_exact_mut(n) {
+        let mean = row.iter().map(|v| v * v).sum::<f32>() / n as f32;
+        let inv = 1.0 / (mean + eps).sqrt();
+        for (v, &w) in row.iter_mut().zip(weight) {
+            *v = *v * inv * w;
         }
     }
 }

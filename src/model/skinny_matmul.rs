@@ -81,7 +81,9 @@ pub fn linear(x: &Tensor, w: &Tensor, b: Option<&Tensor>) -> Option<Tensor> {
         return None;
     }
     let kernel = match (w.kind(), wide()) {
-        (Kind::BFloat16, Wide::Avx512Bf16) if inner as usize % simd512::BF16_STEP == 0 => {
+        (Kind::BFloat16, Wide::Avx512Bf16)
+            if (inner as usize).is_multiple_of(simd512::BF16_STEP) =>
+        {
             Kernel::Bf16Dot
         }
         (Kind::Float, Wide::Avx512 | Wide::Avx512Bf16) => Kernel::Avx512,
@@ -172,7 +174,7 @@ pub(crate) fn into(x: &[f32], w: &Tensor, bias: Option<&[f32]>, out: &mut [f32])
     let (features, inner) = (size[0] as usize, size[1] as usize);
     let rows = x.len() / inner;
     assert!(
-        rows >= 1 && rows <= MAX_ROWS && x.len() == rows * inner && out.len() == rows * features,
+        (1..=MAX_ROWS).contains(&rows) && x.len() == rows * inner && out.len() == rows * features,
         "skinny_matmul::into: x {} and out {} do not fit a [{features}, {inner}] weight",
         x.len(),
         out.len()

@@ -137,11 +137,11 @@ mod imp {
                 k += 2 * BF16_STEP;
             }
             if k < inner {
-                for g in 0..G {
-                    let wv = load(w.add((o + g) * inner + k));
-                    for r in 0..R {
-                        let xv = load(x.add(r * inner + k));
-                        sums[r][g] = _mm512_dpbf16_ps(sums[r][g], wv, xv);
+                for (r, row) in sums.iter_mut().enumerate() {
+                    let xv = load(x.add(r * inner + k));
+                    for (g, sum) in row.iter_mut().enumerate() {
+                        let wv = load(w.add((o + g) * inner + k));
+                        *sum = _mm512_dpbf16_ps(*sum, wv, xv);
                     }
                 }
             }
