@@ -13,6 +13,8 @@
 //! each projection are rounded to bf16 (as the tensor path's bf16 activations are) and the
 //! KV cache holds bf16.
 
+mod exp;
+
 use std::sync::OnceLock;
 
 use tch::{Device, Kind, Tensor};
@@ -158,8 +160,14 @@ impl Transformer {
             for r in 0..b {
                 let gu = &gate_up[r * 2 * inter..(r + 1) * 2 * inter];
                 let (gate, up) = gu.split_at(inter);
-                for ((a, &g), &u) in act[r * inter..(r + 1) * inter].iter_mut().zip(gate).zip(up) {
-                    *a = g / (1.0 + (-g).exp()) * u;
+                let act = &mut act[r * inter..(r + 1) * inter];
+                for (a, &g) in act.iter_mut().zip(gate) {
+                    *a = -g;
+                }
+                // SAFETY: the fused step runs only where the AVX2 kernels do.
+                unsafe { exp::exp_in_place(act) };
+                for ((a, &g), &u) in act.iter_mut().zip(gate).zip(up) {
+                    *a = g / (1.0 + *a) * u;
                 }
             }
             skinny_matmul::into(&act, &layer.down_w, None, &mut proj);
@@ -352,11 +360,9 @@ unsafe fn attend_head<E: CacheValue>(
     for g in 0..group {
         let s = &mut scores[g * len..(g + 1) * len];
         let max = s.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-        let mut total = 0.0;
-        for v in s.iter_mut() {
-            *v = (*v - max).exp();
-            total += *v;
-        }
+        s.iter_mut().for_each(|v| *v -= max);
+        exp::exp_in_place(s);
+        let total: f32 = s.iter().sum();
         let o = &mut out[g * hd..(g + 1) * hd];
         o.fill(0.0);
         for (t, &p) in s.iter().enumerate() {
