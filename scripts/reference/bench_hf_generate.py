@@ -13,6 +13,12 @@ from transformers import AutoModelForCausalLM
 
 
 def peak_rss_mb():
+    # VmHWM, not ru_maxrss: Linux carries ru_maxrss across fork + exec, so it would report
+    # the parent benchmark's peak whenever that is higher than this process's own.
+    with open("/proc/self/status") as status:
+        for line in status:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024.0
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
 
