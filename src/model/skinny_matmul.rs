@@ -333,31 +333,27 @@ mod simd {
     /// AVX2 and FMA must be available; `acc` holds `rows * (stop - start)` values.
     pub unsafe fn products(job: &Job, start: usize, stop: usize, acc: &mut [f32]) {
         match job.rows {
-            1 => dispatch::<1, 4>(job, start, stop, acc),
-            2 => dispatch::<2, 4>(job, start, stop, acc),
-            3 => dispatch::<3, 2>(job, start, stop, acc),
-            4 => dispatch::<4, 2>(job, start, stop, acc),
-            5 => dispatch::<5, 2>(job, start, stop, acc),
-            6 => dispatch::<6, 2>(job, start, stop, acc),
-            7 => dispatch::<7, 1>(job, start, stop, acc),
-            _ => dispatch::<8, 1>(job, start, stop, acc),
+            1 => dispatch::<1>(job, start, stop, acc),
+            2 => dispatch::<2>(job, start, stop, acc),
+            3 => dispatch::<3>(job, start, stop, acc),
+            4 => dispatch::<4>(job, start, stop, acc),
+            5 => dispatch::<5>(job, start, stop, acc),
+            6 => dispatch::<6>(job, start, stop, acc),
+            7 => dispatch::<7>(job, start, stop, acc),
+            _ => dispatch::<8>(job, start, stop, acc),
         }
     }
 
-    unsafe fn dispatch<const R: usize, const G: usize>(
-        job: &Job,
-        start: usize,
-        stop: usize,
-        acc: &mut [f32],
-    ) {
+    /// One weight row at a time for every row count: the loop then reads one sequential
+    /// stream per thread. Measured fastest against two or four rows at a time: bf16 with one
+    /// input row on a Zen 3 AVX2 host (11-12 vs 9-11 GB/s, one thread), and every row count
+    /// of both dtypes running this AVX2 code on a Zen 4 host (`kernel_bench`, 2 threads; f32
+    /// 38 vs 27 GB/s for one row, 30 vs 21 for two; bf16 23 vs 16 for two rows, 15 vs 12 for
+    /// four; equal at eight).
+    unsafe fn dispatch<const R: usize>(job: &Job, start: usize, stop: usize, acc: &mut [f32]) {
         match job.weight {
-            Weight::F32(w) => block::<R, G, 4>(job, w.as_ptr() as *const u8, start, stop, acc),
-            // One bf16 row at a time measured fastest for a single input row (11-12 vs 9-11 GB/s
-            // for two to eight rows on one AVX2 thread); the loop then reads one sequential stream.
-            Weight::Bf16(w) if R == 1 => {
-                block::<1, 1, 2>(job, w.as_ptr() as *const u8, start, stop, acc)
-            }
-            Weight::Bf16(w) => block::<R, G, 2>(job, w.as_ptr() as *const u8, start, stop, acc),
+            Weight::F32(w) => block::<R, 1, 4>(job, w.as_ptr() as *const u8, start, stop, acc),
+            Weight::Bf16(w) => block::<R, 1, 2>(job, w.as_ptr() as *const u8, start, stop, acc),
         }
     }
 
@@ -399,6 +395,9 @@ mod simd {
             if BYTES == 2 {
                 // 16 weights per step; x is in even/odd blocks (see `linear`). The odd
                 // products get their own accumulators so that two FMA chains run side by side.
+                // Separate odd accumulators only while they fit the 16 registers beside the
+                // weights and x; past that they spilled and ran 2-3x slower.
+                let split = R * G <= 4;
                 let mut odds = [[_mm256_setzero_ps(); G]; R];
                 while k < inner {
                     let mut ws = [(_mm256_setzero_ps(), _mm256_setzero_ps()); G];
@@ -410,7 +409,11 @@ mod simd {
                         let odd = _mm256_loadu_ps(x.add(r * inner + k + LANES));
                         for g in 0..G {
                             sums[r][g] = _mm256_fmadd_ps(ws[g].0, even, sums[r][g]);
-                            odds[r][g] = _mm256_fmadd_ps(ws[g].1, odd, odds[r][g]);
+                            if split {
+                                odds[r][g] = _mm256_fmadd_ps(ws[g].1, odd, odds[r][g]);
+                            } else {
+                                sums[r][g] = _mm256_fmadd_ps(ws[g].1, odd, sums[r][g]);
+                            }
                         }
                     }
                     k += 2 * LANES;
