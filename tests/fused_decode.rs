@@ -13,12 +13,17 @@ use tch::{Device, Kind, Tensor};
 
 const STEPS: usize = 6;
 
-fn prompts() -> Vec<Vec<u32>> {
-    vec![
+/// Three prompts of different lengths, with ids inside the model's vocabulary.
+fn prompts(vocab: usize) -> Vec<Vec<u32>> {
+    let prompts: [Vec<u32>; 3] = [
         vec![1, 504, 3458, 282, 4649, 314],
         (0..37).map(|i| 200 + i * 13).collect(),
         vec![9],
-    ]
+    ];
+    prompts
+        .iter()
+        .map(|p| p.iter().map(|&t| t % vocab as u32).collect())
+        .collect()
 }
 
 /// A rank-`rank` adapter with random A and B (a fresh one has B = 0, no delta at all).
@@ -51,7 +56,7 @@ fn run_with(
     fused: impl Fn(usize) -> bool,
 ) -> Vec<Tensor> {
     let _guard = tch::no_grad_guard();
-    let prompts = prompts();
+    let prompts = prompts(model.config().vocab_size);
     let mut cache = model.new_cache(prompts.len(), 8);
     let slots: Vec<usize> = prompts.iter().map(|_| cache.alloc().unwrap()).collect();
     let mut tokens: Vec<u32> = prompts
@@ -139,6 +144,11 @@ fn smollm2_bf16_fused_decode_stays_close_to_tensor_path() {
 #[test]
 fn qwen3_qk_norm_fused_decode_equals_tensor_path() {
     compare("qwen3", Kind::Float, 1e-3);
+}
+
+#[test]
+fn qwen2_qkv_bias_fused_decode_equals_tensor_path() {
+    compare("qwen2", Kind::Float, 1e-3);
 }
 
 #[test]

@@ -390,14 +390,8 @@ fn dot<E: CacheValue>(a: &[f32], b: &[E]) -> f32 {
 /// RMSNorm of each row of `x` (rows of `weight.len()` values) into `out`, in f32 like the
 /// tensor path's `rms_norm`.
 fn rms_norm_rows(x: &[f32], weight: &[f32], eps: f32, out: &mut [f32]) {
-    let n = weight.len();
-    for (row, dst) in x.chunks_exact(n).zip(out.chunks_exact_mut(n)) {
-        let mean = row.iter().map(|v| v * v).sum::<f32>() / n as f32;
-        let inv = 1.0 / (mean + eps).sqrt();
-        for ((d, &v), &w) in dst.iter_mut().zip(row).zip(weight) {
-            *d = v * inv * w;
-        }
-    }
+    out.copy_from_slice(x);
+    rms_norm_in_place(out, weight, eps);
 }
 
 /// `rms_norm_rows` of `x` onto itself.

@@ -44,8 +44,10 @@ def main():
                   num_key_value_heads=2, max_position_embeddings=512, rms_norm_eps=1e-6)
     atomic_save(os.path.join(root, "qwen3"), tiny(transformers.Qwen3Config(
         vocab_size=151936, head_dim=16, rope_theta=1e6, tie_word_embeddings=True, **common)))
+    # qwen2's vocabulary is a multiple of 64 so that the fused decode step covers it (its q/k/v
+    # biases); llama3's is not, so that a model the step does not cover is tested too.
     atomic_save(os.path.join(root, "qwen2"), tiny(transformers.Qwen2Config(
-        vocab_size=1000, rope_theta=1e6, tie_word_embeddings=False, **common)))
+        vocab_size=1024, rope_theta=1e6, tie_word_embeddings=False, **common)))
     atomic_save(os.path.join(root, "llama3"), tiny(transformers.LlamaConfig(
         vocab_size=1000, rope_theta=5e5, tie_word_embeddings=False,
         rope_scaling=dict(rope_type="llama3", factor=8.0, low_freq_factor=1.0, high_freq_factor=4.0,
