@@ -12,6 +12,23 @@ use std::sync::OnceLock;
 
 use tch::{Kind, Tensor};
 
+/// `dispatch::<R>(job, start, stop, acc)` with the job's row count (1..=MAX_ROWS) as the const
+/// generic R, for the kernels of every instruction set.
+macro_rules! by_rows {
+    ($job:expr, $start:expr, $stop:expr, $acc:expr) => {
+        match $job.rows {
+            1 => dispatch::<1>($job, $start, $stop, $acc),
+            2 => dispatch::<2>($job, $start, $stop, $acc),
+            3 => dispatch::<3>($job, $start, $stop, $acc),
+            4 => dispatch::<4>($job, $start, $stop, $acc),
+            5 => dispatch::<5>($job, $start, $stop, $acc),
+            6 => dispatch::<6>($job, $start, $stop, $acc),
+            7 => dispatch::<7>($job, $start, $stop, $acc),
+            _ => dispatch::<8>($job, $start, $stop, $acc),
+        }
+    };
+}
+
 mod simd512;
 
 /// The most rows one call covers: every row keeps its own accumulators in registers.
@@ -332,16 +349,7 @@ mod simd {
     /// # Safety
     /// AVX2 and FMA must be available; `acc` holds `rows * (stop - start)` values.
     pub unsafe fn products(job: &Job, start: usize, stop: usize, acc: &mut [f32]) {
-        match job.rows {
-            1 => dispatch::<1>(job, start, stop, acc),
-            2 => dispatch::<2>(job, start, stop, acc),
-            3 => dispatch::<3>(job, start, stop, acc),
-            4 => dispatch::<4>(job, start, stop, acc),
-            5 => dispatch::<5>(job, start, stop, acc),
-            6 => dispatch::<6>(job, start, stop, acc),
-            7 => dispatch::<7>(job, start, stop, acc),
-            _ => dispatch::<8>(job, start, stop, acc),
-        }
+        by_rows!(job, start, stop, acc)
     }
 
     /// One weight row at a time for every row count: the loop then reads one sequential

@@ -25,16 +25,7 @@ mod imp {
     /// AVX-512F (and AVX512-BF16 for `Kernel::Bf16Dot`) must be available; `acc` holds
     /// `rows * (stop - start)` values; `inner` is a multiple of 16 (32 for bf16).
     pub unsafe fn products(job: &Job, start: usize, stop: usize, acc: &mut [f32]) {
-        match job.rows {
-            1 => dispatch::<1>(job, start, stop, acc),
-            2 => dispatch::<2>(job, start, stop, acc),
-            3 => dispatch::<3>(job, start, stop, acc),
-            4 => dispatch::<4>(job, start, stop, acc),
-            5 => dispatch::<5>(job, start, stop, acc),
-            6 => dispatch::<6>(job, start, stop, acc),
-            7 => dispatch::<7>(job, start, stop, acc),
-            _ => dispatch::<8>(job, start, stop, acc),
-        }
+        by_rows!(job, start, stop, acc)
     }
 
     /// One weight row at a time for every row count: a single sequential stream per thread
