@@ -360,8 +360,8 @@ mod simd {
     /// four; equal at eight).
     unsafe fn dispatch<const R: usize>(job: &Job, start: usize, stop: usize, acc: &mut [f32]) {
         match job.weight {
-            Weight::F32(w) => block::<R, 1, 4>(job, w.as_ptr() as *const u8, start, stop, acc),
-            Weight::Bf16(w) => block::<R, 1, 2>(job, w.as_ptr() as *const u8, start, stop, acc),
+            Weight::F32(w) => block::<R, 4>(job, w.as_ptr() as *const u8, start, stop, acc),
+            Weight::Bf16(w) => block::<R, 2>(job, w.as_ptr() as *const u8, start, stop, acc),
         }
     }
 
@@ -384,10 +384,10 @@ mod simd {
         (_mm256_castsi256_ps(even), _mm256_castsi256_ps(odd))
     }
 
-    /// G output features at a time, each against all R rows: R·G accumulators stay in
-    /// registers and every weight vector is loaded once. BYTES is the weight element size.
+    /// One output feature at a time against all R rows: R accumulators stay in registers and
+    /// every weight vector is loaded once. BYTES is the weight element size.
     #[target_feature(enable = "avx2,fma")]
-    unsafe fn block<const R: usize, const G: usize, const BYTES: usize>(
+    unsafe fn block<const R: usize, const BYTES: usize>(
         job: &Job,
         w: *const u8,
         start: usize,
@@ -396,63 +396,45 @@ mod simd {
     ) {
         let (inner, width) = (job.inner, stop - start);
         let x = job.xs.as_ptr();
-        let mut o = start;
-        while o < stop {
-            let mut sums = [[_mm256_setzero_ps(); G]; R];
+        for o in start..stop {
+            let row = w.add(o * inner * BYTES);
+            let mut sums = [_mm256_setzero_ps(); R];
             let mut k = 0;
             if BYTES == 2 {
-                // 16 weights per step; x is in even/odd blocks (see `linear`). The odd
-                // products get their own accumulators so that two FMA chains run side by side.
-                // Separate odd accumulators only while they fit the 16 registers beside the
-                // weights and x; past that they spilled and ran 2-3x slower.
-                let split = R * G <= 4;
-                let mut odds = [[_mm256_setzero_ps(); G]; R];
+                // 16 weights per step; x is in even/odd blocks (see `linear`). Up to four rows,
+                // the odd products get their own accumulators so that two FMA chains run side
+                // by side; past that they spilled out of the 16 registers and ran 2-3x slower.
+                let split = R <= 4;
+                let mut odds = [_mm256_setzero_ps(); R];
                 while k < inner {
-                    let mut ws = [(_mm256_setzero_ps(), _mm256_setzero_ps()); G];
-                    for (g, slot) in ws.iter_mut().enumerate() {
-                        *slot = load_bf16(w.add(((o + g) * inner + k) * 2));
-                    }
+                    let (even_w, odd_w) = load_bf16(row.add(k * 2));
                     for r in 0..R {
                         let even = _mm256_loadu_ps(x.add(r * inner + k));
                         let odd = _mm256_loadu_ps(x.add(r * inner + k + LANES));
-                        for g in 0..G {
-                            sums[r][g] = _mm256_fmadd_ps(ws[g].0, even, sums[r][g]);
-                            if split {
-                                odds[r][g] = _mm256_fmadd_ps(ws[g].1, odd, odds[r][g]);
-                            } else {
-                                sums[r][g] = _mm256_fmadd_ps(ws[g].1, odd, sums[r][g]);
-                            }
+                        sums[r] = _mm256_fmadd_ps(even_w, even, sums[r]);
+                        if split {
+                            odds[r] = _mm256_fmadd_ps(odd_w, odd, odds[r]);
+                        } else {
+                            sums[r] = _mm256_fmadd_ps(odd_w, odd, sums[r]);
                         }
                     }
                     k += 2 * LANES;
                 }
-                for r in 0..R {
-                    for g in 0..G {
-                        sums[r][g] = _mm256_add_ps(sums[r][g], odds[r][g]);
-                    }
+                for (sum, odd) in sums.iter_mut().zip(&odds) {
+                    *sum = _mm256_add_ps(*sum, *odd);
                 }
             } else {
                 while k < inner {
-                    let mut ws = [_mm256_setzero_ps(); G];
-                    for (g, slot) in ws.iter_mut().enumerate() {
-                        let at = w.add(((o + g) * inner + k) * 4);
-                        *slot = load_f32(at);
-                    }
-                    for (r, row) in sums.iter_mut().enumerate() {
-                        let xv = _mm256_loadu_ps(x.add(r * inner + k));
-                        for (g, sum) in row.iter_mut().enumerate() {
-                            *sum = _mm256_fmadd_ps(ws[g], xv, *sum);
-                        }
+                    let wv = load_f32(row.add(k * 4));
+                    for (r, sum) in sums.iter_mut().enumerate() {
+                        *sum = _mm256_fmadd_ps(wv, _mm256_loadu_ps(x.add(r * inner + k)), *sum);
                     }
                     k += LANES;
                 }
             }
-            for (r, row) in sums.iter().enumerate() {
-                for (g, sum) in row.iter().enumerate() {
-                    acc[r * width + (o - start) + g] = horizontal_sum(*sum);
-                }
+            for (r, sum) in sums.iter().enumerate() {
+                acc[r * width + (o - start)] = horizontal_sum(*sum);
             }
-            o += G;
         }
     }
 

@@ -34,17 +34,18 @@ mod imp {
     /// rows, 26 vs 15 for four) against two or four weight rows at a time.
     unsafe fn dispatch<const R: usize>(job: &Job, start: usize, stop: usize, acc: &mut [f32]) {
         match (job.weight, job.kernel) {
-            (Weight::F32(w), _) => block_f32::<R, 1>(job, w.as_ptr(), start, stop, acc),
+            (Weight::F32(w), _) => block_f32::<R>(job, w.as_ptr(), start, stop, acc),
             (Weight::Bf16(w), Kernel::Bf16Dot) => {
-                block_bf16::<R, 1>(job, w.as_ptr(), start, stop, acc)
+                block_bf16::<R>(job, w.as_ptr(), start, stop, acc)
             }
             (Weight::Bf16(_), _) => unreachable!("bf16 weights use the dot-product kernel here"),
         }
     }
 
-    /// G output features at a time against all R rows (see `simd::block`).
+    /// One output feature at a time against all R rows: R accumulators stay in registers and
+    /// every weight vector is loaded once.
     #[target_feature(enable = "avx512f")]
-    unsafe fn block_f32<const R: usize, const G: usize>(
+    unsafe fn block_f32<const R: usize>(
         job: &Job,
         w: *const f32,
         start: usize,
@@ -53,29 +54,19 @@ mod imp {
     ) {
         let (inner, width) = (job.inner, stop - start);
         let x = job.xs.as_ptr();
-        let mut o = start;
-        while o < stop {
-            let mut sums = [[_mm512_setzero_ps(); G]; R];
+        for o in start..stop {
+            let mut sums = [_mm512_setzero_ps(); R];
             let mut k = 0;
             while k < inner {
-                let mut ws = [_mm512_setzero_ps(); G];
-                for (g, slot) in ws.iter_mut().enumerate() {
-                    *slot = _mm512_loadu_ps(w.add((o + g) * inner + k));
-                }
-                for (r, row) in sums.iter_mut().enumerate() {
-                    let xv = _mm512_loadu_ps(x.add(r * inner + k));
-                    for (g, sum) in row.iter_mut().enumerate() {
-                        *sum = _mm512_fmadd_ps(ws[g], xv, *sum);
-                    }
+                let wv = _mm512_loadu_ps(w.add(o * inner + k));
+                for (r, sum) in sums.iter_mut().enumerate() {
+                    *sum = _mm512_fmadd_ps(wv, _mm512_loadu_ps(x.add(r * inner + k)), *sum);
                 }
                 k += 16;
             }
-            for (r, row) in sums.iter().enumerate() {
-                for (g, sum) in row.iter().enumerate() {
-                    acc[r * width + (o - start) + g] = _mm512_reduce_add_ps(*sum);
-                }
+            for (r, sum) in sums.iter().enumerate() {
+                acc[r * width + (o - start)] = _mm512_reduce_add_ps(*sum);
             }
-            o += G;
         }
     }
 
@@ -87,10 +78,10 @@ mod imp {
     }
 
     /// Like `block_f32` with bf16 weights and bf16 x: each `vdpbf16ps` adds the products of
-    /// 16 adjacent pairs into 16 f32 lanes. Two accumulator chains per (row, feature) keep
-    /// the dot-product latency off the critical path.
+    /// 16 adjacent pairs into 16 f32 lanes. Two accumulator chains per row keep the
+    /// dot-product latency off the critical path.
     #[target_feature(enable = "avx512f,avx512bf16")]
-    unsafe fn block_bf16<const R: usize, const G: usize>(
+    unsafe fn block_bf16<const R: usize>(
         job: &Job,
         w: *const u16,
         start: usize,
@@ -99,44 +90,29 @@ mod imp {
     ) {
         let (inner, width) = (job.inner, stop - start);
         let x = job.xs_bf16.as_ptr();
-        let mut o = start;
-        while o < stop {
-            let mut sums = [[_mm512_setzero_ps(); G]; R];
-            let mut seconds = [[_mm512_setzero_ps(); G]; R];
+        for o in start..stop {
+            let row = w.add(o * inner);
+            let mut sums = [_mm512_setzero_ps(); R];
+            let mut seconds = [_mm512_setzero_ps(); R];
             let mut k = 0;
             while k + 2 * BF16_STEP <= inner {
-                let zero = std::mem::transmute::<__m512i, __m512bh>(_mm512_setzero_si512());
-                let mut ws = [(zero, zero); G];
-                for (g, slot) in ws.iter_mut().enumerate() {
-                    let at = w.add((o + g) * inner + k);
-                    *slot = (load(at), load(at.add(BF16_STEP)));
-                }
+                let (first, second) = (load(row.add(k)), load(row.add(k + BF16_STEP)));
                 for r in 0..R {
-                    let first = load(x.add(r * inner + k));
-                    let second = load(x.add(r * inner + k + BF16_STEP));
-                    for g in 0..G {
-                        sums[r][g] = _mm512_dpbf16_ps(sums[r][g], ws[g].0, first);
-                        seconds[r][g] = _mm512_dpbf16_ps(seconds[r][g], ws[g].1, second);
-                    }
+                    let at = x.add(r * inner + k);
+                    sums[r] = _mm512_dpbf16_ps(sums[r], first, load(at));
+                    seconds[r] = _mm512_dpbf16_ps(seconds[r], second, load(at.add(BF16_STEP)));
                 }
                 k += 2 * BF16_STEP;
             }
             if k < inner {
-                for (r, row) in sums.iter_mut().enumerate() {
-                    let xv = load(x.add(r * inner + k));
-                    for (g, sum) in row.iter_mut().enumerate() {
-                        let wv = load(w.add((o + g) * inner + k));
-                        *sum = _mm512_dpbf16_ps(*sum, wv, xv);
-                    }
+                let wv = load(row.add(k));
+                for (r, sum) in sums.iter_mut().enumerate() {
+                    *sum = _mm512_dpbf16_ps(*sum, wv, load(x.add(r * inner + k)));
                 }
             }
-            for r in 0..R {
-                for g in 0..G {
-                    let total = _mm512_add_ps(sums[r][g], seconds[r][g]);
-                    acc[r * width + (o - start) + g] = _mm512_reduce_add_ps(total);
-                }
+            for (r, (sum, second)) in sums.iter().zip(&seconds).enumerate() {
+                acc[r * width + (o - start)] = _mm512_reduce_add_ps(_mm512_add_ps(*sum, *second));
             }
-            o += G;
         }
     }
 }
