@@ -44,6 +44,7 @@ fn request(
         top_logprobs: 2,
         adapter: Default::default(),
         priority: Default::default(),
+        constraint: None,
     }
 }
 

@@ -38,6 +38,7 @@ fn request(engine: &LocalEngine, i: usize) -> GenerateRequest {
         top_logprobs: 0,
         adapter: Default::default(),
         priority: Default::default(),
+        constraint: None,
     }
 }
 

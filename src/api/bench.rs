@@ -231,6 +231,7 @@ async fn direct_once(
             top_logprobs: 0,
             adapter: AdapterChoice::Current,
             priority: Priority::User,
+            constraint: None,
         })
         .map_err(|err| anyhow::anyhow!("submitting: {err}"))?;
     let mut first = None;

@@ -237,6 +237,7 @@ pub async fn completions(
         top_logprobs: logprobs.unwrap_or(0) as usize,
         adapter: AdapterChoice::Current,
         priority: Priority::User,
+        constraint: None,
     };
     let model = info.id.clone();
     let policy_version = backend.policy_version();

@@ -124,6 +124,7 @@ pub fn prepare_chat(
         top_logprobs,
         adapter: AdapterChoice::Current,
         priority: Priority::User,
+        constraint: None,
     };
     Ok(PreparedChat {
         requests: (0..n).map(|i| choice_request(&base, i)).collect(),
@@ -192,6 +193,7 @@ pub fn sampling_params(
         seed: seed.map(|s| s as u64),
         presence_penalty: presence_penalty.unwrap_or(0.0),
         frequency_penalty: frequency_penalty.unwrap_or(0.0),
+        logit_bias: Vec::new(),
     })
 }
 

@@ -93,6 +93,7 @@ impl FakeBackend {
             info: ModelInfo {
                 id: config.model_id.clone(),
                 context_length: config.context_length,
+                vocab_size: 100_000,
                 created: 1_700_000_000,
             },
             config,

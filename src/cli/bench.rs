@@ -159,6 +159,7 @@ pub fn generate_timed(
                 top_logprobs: 0,
                 adapter: Default::default(),
                 priority: Default::default(),
+                constraint: None,
             })
         })
         .collect::<Result<Vec<_>, _>>()?;

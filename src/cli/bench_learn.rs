@@ -231,6 +231,7 @@ fn serve_round(
             top_logprobs: 0,
             adapter: Default::default(),
             priority: Default::default(),
+            constraint: None,
         })?;
         streams.push((k, messages, prompt, stream));
     }

@@ -64,6 +64,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             top_logprobs: 0,
             adapter: Default::default(),
             priority: Default::default(),
+            constraint: None,
         };
         let mut events = engine.submit(request)?;
         let mut reply = String::new();

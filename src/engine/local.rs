@@ -181,6 +181,7 @@ impl LocalEngine {
         let info = ModelInfo {
             id: options.model_name,
             context_length: handle.max_context(),
+            vocab_size: tokenizer.vocab_size(),
             created: chrono::Utc::now().timestamp(),
         };
         Ok(Self {

@@ -155,6 +155,7 @@ fn request(prompt: Vec<u32>, max_tokens: usize) -> GenerateRequest {
         top_logprobs: 0,
         adapter: AdapterChoice::Current,
         priority: Priority::User,
+        constraint: None,
     }
 }
 

@@ -3,6 +3,8 @@
 use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
 
+pub use crate::model::grammar::Constraint;
+
 /// How the next token is chosen. `temperature == 0` means greedy.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct SamplingParams {
@@ -13,6 +15,10 @@ pub struct SamplingParams {
     pub seed: Option<u64>,
     pub presence_penalty: f32,
     pub frequency_penalty: f32,
+    /// OpenAI `logit_bias`: added to a token's logit before sampling (already validated: ids in
+    /// the vocabulary, values in [-100, 100]).
+    #[serde(default)]
+    pub logit_bias: Vec<(u32, f32)>,
 }
 
 impl Default for SamplingParams {
@@ -24,6 +30,7 @@ impl Default for SamplingParams {
             seed: None,
             presence_penalty: 0.0,
             frequency_penalty: 0.0,
+            logit_bias: Vec::new(),
         }
     }
 }
@@ -67,6 +74,9 @@ pub struct GenerateRequest {
     pub top_logprobs: usize,
     pub adapter: AdapterChoice,
     pub priority: Priority,
+    /// A grammar every sampled token must keep the output inside (structured output, forced
+    /// tool calls); enforced by masking logits at each step.
+    pub constraint: Option<Constraint>,
 }
 
 /// One candidate token with its log-probability.
@@ -130,6 +140,9 @@ pub enum SubmitError {
     },
     #[error("invalid request: {0}")]
     Invalid(String),
+    /// The grammar engine could not compile the constraint; the message names the part.
+    #[error("{0}")]
+    UnsupportedConstraint(String),
     #[error("the engine has stopped")]
     Stopped,
 }
@@ -145,6 +158,8 @@ pub struct ModelInfo {
     /// The id clients send as `model`.
     pub id: String,
     pub context_length: usize,
+    /// Token ids are `0..vocab_size` (bounds `logit_bias` keys).
+    pub vocab_size: usize,
     /// Creation time (unix seconds) reported by `/v1/models`.
     pub created: i64,
 }

@@ -8,6 +8,7 @@ pub mod default_model;
 pub mod error;
 pub mod fused_decode;
 pub mod gguf;
+pub mod grammar;
 pub mod kv_cache;
 pub mod logprobs;
 pub mod lora;

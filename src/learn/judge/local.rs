@@ -83,6 +83,7 @@ impl LocalSampler {
                 top_logprobs: 0,
                 adapter: AdapterChoice::BaseOnly,
                 priority: Priority::Background,
+                constraint: None,
             };
             // Submitted together so the engine batches the votes.
             let stream = self.backend.submit(request).map_err(|e| match e {
