@@ -7,6 +7,7 @@ use std::sync::Arc;
 
 use api_support::*;
 use hindsight::api::testing::{FakeConfig, FakeReply};
+use hindsight::engine::Constraint;
 use hindsight::store::TurnType;
 use serde_json::{json, Value};
 
@@ -267,7 +268,7 @@ async fn tool_choice_none_hides_tools_and_keeps_text() {
 }
 
 #[tokio::test]
-async fn parallel_tool_calls_false_keeps_the_first_and_named_choice_instructs() {
+async fn parallel_tool_calls_false_keeps_the_first_and_named_choice_constrains() {
     let app = test_app_with(
         FakeConfig {
             reply: FakeReply::Fixed(QWEN_TWO_CALLS.into()),
@@ -285,12 +286,117 @@ async fn parallel_tool_calls_false_keeps_the_first_and_named_choice_instructs() 
         .unwrap();
     assert_eq!(calls.len(), 1);
     assert_eq!(calls[0]["function"]["name"], "get_weather");
+    // The named call is enforced by the grammar, not asked for in the prompt: one call of
+    // get_time only, its arguments under get_time's parameters.
+    let request = &app.backend.requests()[0];
+    let Some(Constraint::Lark(grammar)) = &request.constraint else {
+        panic!(
+            "a named tool_choice must constrain decoding: {:?}",
+            request.constraint
+        )
+    };
+    assert!(grammar.starts_with("start: calls\n"), "{grammar}");
+    assert!(grammar.contains(r#""const":"get_time""#), "{grammar}");
+    assert!(!grammar.contains("get_weather"), "{grammar}");
+    assert!(!grammar.contains(")*"), "one call only: {grammar}");
     let messages = &app.backend.prompts()[0].messages;
-    assert_eq!(messages[0]["role"], "system");
-    assert!(messages[0]["content"]
-        .as_str()
-        .unwrap()
-        .contains("get_time"));
+    assert_eq!(messages[0]["role"], "user");
+}
+
+#[tokio::test]
+async fn tool_modes_become_grammars_and_the_turn_records_them() {
+    let app = test_app();
+    let mut required = tool_request();
+    required["tool_choice"] = json!("required");
+    let mut auto = tool_request();
+    auto["tool_choice"] = json!("auto");
+    let mut none = tool_request();
+    none["tool_choice"] = json!("none");
+    for body in [required, auto, none] {
+        let reply = post(&app.router, "/v1/chat/completions", body).await;
+        assert_eq!(reply.status.as_u16(), 200, "{}", reply.text);
+    }
+    let requests = app.backend.requests();
+    let grammar = |i: usize| match &requests[i].constraint {
+        Some(Constraint::Lark(g)) => g.clone(),
+        other => panic!("request {i}: {other:?}"),
+    };
+    // required: calls only, any of the two tools, several allowed (parallel defaults to true).
+    assert!(grammar(0).starts_with("start: calls\n"));
+    assert!(grammar(0).contains("anyOf") && grammar(0).contains(")*"));
+    // auto: prose or calls.
+    assert!(grammar(1).starts_with("start: TEXT | calls\n"));
+    assert_eq!(requests[2].constraint, None);
+    let turns = app.sink.turns();
+    assert_eq!(turns[0].sampling["constraint"]["kind"], "lark");
+    assert_eq!(turns[2].sampling["constraint"], Value::Null);
+}
+
+#[tokio::test]
+async fn response_format_constrains_decoding() {
+    let app = test_app();
+    let schema = json!({"type": "object", "properties": {"city": {"type": "string"}},
+        "required": ["city"], "additionalProperties": false});
+    let formats = [
+        json!({"type": "json_object"}),
+        json!({"type": "json_schema", "json_schema": {"name": "place", "schema": schema, "strict": true}}),
+        json!({"type": "text"}),
+    ];
+    for format in &formats {
+        let mut body = chat("where?");
+        body["response_format"] = format.clone();
+        let reply = post(&app.router, "/v1/chat/completions", body).await;
+        assert_eq!(reply.status.as_u16(), 200, "{}", reply.text);
+    }
+    let requests = app.backend.requests();
+    assert_eq!(
+        requests[0].constraint,
+        Some(Constraint::JsonSchema(json!({"type": "object"})))
+    );
+    assert_eq!(requests[1].constraint, Some(Constraint::JsonSchema(schema)));
+    assert_eq!(requests[2].constraint, None);
+    assert_eq!(
+        app.sink.turns()[1].sampling["constraint"]["kind"],
+        "json_schema"
+    );
+}
+
+#[tokio::test]
+async fn logit_bias_reaches_the_sampler_and_bad_bias_is_a_400() {
+    let app = test_app();
+    let mut body = chat("hi");
+    body["logit_bias"] = json!({"42": 100, "7": -100});
+    let reply = post(&app.router, "/v1/chat/completions", body).await;
+    assert_eq!(reply.status.as_u16(), 200, "{}", reply.text);
+    let mut bias = app.backend.requests()[0].sampling.logit_bias.clone();
+    bias.sort_by_key(|(id, _)| *id);
+    assert_eq!(bias, vec![(7, -100.0), (42, 100.0)]);
+    for (bad, param) in [
+        (json!({"abc": 500}), "logit_bias.abc"),
+        (json!({"42": 101}), "logit_bias.42"),
+        (json!({"100000": 1}), "logit_bias.100000"),
+        (json!({"1": "x"}), "logit_bias.1"),
+        (json!([1]), "logit_bias"),
+    ] {
+        let mut body = chat("hi");
+        body["logit_bias"] = bad.clone();
+        let reply = post(&app.router, "/v1/chat/completions", body).await;
+        reply.assert_error(
+            400,
+            "invalid_request_error",
+            Some("invalid_value"),
+            Some(param),
+        );
+        let mut legacy = json!({"model": "fake-model", "prompt": "hi"});
+        legacy["logit_bias"] = bad;
+        let reply = post(&app.router, "/v1/completions", legacy).await;
+        reply.assert_error(
+            400,
+            "invalid_request_error",
+            Some("invalid_value"),
+            Some(param),
+        );
+    }
 }
 
 #[tokio::test]
@@ -315,6 +421,7 @@ async fn assistant_tool_calls_and_tool_results_reach_the_template() {
         .as_str()
         .unwrap()
         .contains("JSON object"));
+    assert!(app.backend.requests()[0].constraint.is_some());
     assert_eq!(
         messages[2]["tool_calls"][0]["function"]["name"],
         "get_weather"

@@ -8,7 +8,8 @@ use anyhow::Context;
 use futures::StreamExt;
 use serde_json::{json, Value};
 
-use super::app::{app, AppState};
+use super::app::app;
+use super::state::AppState;
 use crate::engine::{
     AdapterChoice, Backend, GenerateEvent, GenerateRequest, Priority, SamplingParams, StopCriteria,
 };

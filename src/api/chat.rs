@@ -5,10 +5,11 @@ use std::time::Instant;
 use axum::extract::State;
 use axum::http::HeaderMap;
 use axum::response::{IntoResponse, Response};
+use axum::routing::post;
+use axum::Router;
 use axum::{Extension, Json};
 use serde_json::Value;
 
-use super::app::AppState;
 use super::caller::Caller;
 use super::convert::prepare_chat;
 use super::dto::{
@@ -21,6 +22,7 @@ use super::generation::{
     collect, policy_version_of, stream_sse, submit_all, to_json, usage_of, ChoiceDelta,
     ChoiceState, ChunkWriter, StreamEnd,
 };
+use super::state::AppState;
 use super::turn_record::{SessionHeaders, TurnContext};
 use crate::engine::TokenEvent;
 
@@ -73,7 +75,9 @@ pub async fn chat_completions(
         started,
         created_at: chrono::Utc::now(),
     };
-    let streams = submit_all(backend, prepared.requests)?;
+    let constraint_param = prepared.constraint_param;
+    let streams =
+        submit_all(backend, prepared.requests).map_err(|err| err.or_param(constraint_param))?;
     let created = now_unix();
     let prompt_len = prepared.prompt_tokens.len();
 
@@ -237,4 +241,9 @@ impl ChunkWriter for ChatChunks {
     fn usage(&mut self, usage: Usage) -> String {
         self.chunk(Vec::new(), Some(usage))
     }
+}
+
+/// POST /v1/chat/completions.
+pub fn router() -> Router<AppState> {
+    Router::new().route("/v1/chat/completions", post(chat_completions))
 }

@@ -6,16 +6,14 @@ use std::time::Instant;
 use axum::extract::State;
 use axum::http::HeaderMap;
 use axum::response::{IntoResponse, Response};
+use axum::routing::post;
+use axum::Router;
 use axum::{Extension, Json};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
-use super::app::AppState;
 use super::caller::Caller;
 use super::chat::{fingerprint, now_unix};
-use super::convert::{
-    check_model, choice_count, choice_request, completion_budget, sampling_params, stop_sequences,
-};
 use super::dto::{StreamOptions, Usage};
 use super::error::ApiError;
 use super::extract::OpenAiJson;
@@ -23,8 +21,10 @@ use super::generation::{
     collect, policy_version_of, stream_sse, submit_all, to_json, usage_of, ChoiceDelta,
     ChoiceState, ChunkWriter, StreamEnd,
 };
+use super::params::{check_model, completion_budget, Generation, SamplingFields};
+use super::state::AppState;
 use super::turn_record::{SessionHeaders, TurnContext};
-use crate::engine::{AdapterChoice, GenerateRequest, Priority, StopCriteria, TokenEvent};
+use crate::engine::TokenEvent;
 
 /// OpenAI's default for this endpoint.
 const DEFAULT_MAX_TOKENS: u32 = 16;
@@ -46,6 +46,7 @@ pub struct CompletionRequest {
     pub presence_penalty: Option<f32>,
     pub frequency_penalty: Option<f32>,
     pub seed: Option<i64>,
+    pub logit_bias: Option<Value>,
     pub best_of: Option<u32>,
     pub suffix: Option<String>,
     pub user: Option<String>,
@@ -148,14 +149,22 @@ pub async fn completions(
     let backend = state.backend.as_ref();
     let info = backend.info();
     check_model(&request.model, info)?;
-    let sampling = sampling_params(
-        request.temperature,
-        request.top_p,
-        request.seed,
-        request.presence_penalty,
-        request.frequency_penalty,
+    let generation = Generation::parse(
+        SamplingFields {
+            temperature: request.temperature,
+            top_p: request.top_p,
+            seed: request.seed,
+            presence_penalty: request.presence_penalty,
+            frequency_penalty: request.frequency_penalty,
+            logit_bias: request.logit_bias.as_ref(),
+            n: request.n,
+            stop: request.stop.as_ref(),
+            stream: request.stream,
+            stream_options: request.stream_options.as_ref(),
+        },
+        info,
     )?;
-    let n = choice_count(request.n)?;
+    let n = generation.n;
     if request.best_of.is_some_and(|best_of| best_of as usize != n) {
         return Err(ApiError::invalid_param(
             "best_of",
@@ -184,7 +193,6 @@ pub async fn completions(
             "echo together with logprobs is not supported.",
         ));
     }
-    let stop_strings = stop_sequences(request.stop.as_ref())?;
     let max_tokens = request.max_tokens.unwrap_or(DEFAULT_MAX_TOKENS);
     if max_tokens == 0 {
         return Err(ApiError::invalid_param(
@@ -200,45 +208,17 @@ pub async fn completions(
         Prompt::Tokens(tokens) => (backend.decode(&tokens), tokens),
     };
     let max_tokens = completion_budget(prompt_tokens.len(), Some(max_tokens), info)?;
-    let stream = request.stream.unwrap_or(false);
-    let include_usage = match &request.stream_options {
-        Some(_) if !stream => {
-            return Err(ApiError::invalid_param(
-                "stream_options",
-                "stream_options is only allowed when stream is true.",
-            ))
-        }
-        Some(options) => options.include_usage.unwrap_or(false),
-        None => false,
-    };
+    let (stream, include_usage) = (generation.stream, generation.include_usage);
 
     let response_id = format!("cmpl-{}", uuid::Uuid::new_v4().simple());
-    let sampling_record = json!({
-        "temperature": sampling.temperature,
-        "top_p": sampling.top_p,
-        "seed": sampling.seed,
-        "presence_penalty": sampling.presence_penalty,
-        "frequency_penalty": sampling.frequency_penalty,
-        "max_tokens": max_tokens,
-        "stop": stop_strings,
-        "n": n,
-        "logprobs": logprobs,
-    });
-    let base = GenerateRequest {
-        request_id: response_id.clone(),
-        prompt_tokens: prompt_tokens.clone(),
-        sampling,
-        stop: StopCriteria {
-            ignore_eos: false,
-            max_tokens,
-            stop_strings,
-            stop_token_ids: Vec::new(),
-        },
-        top_logprobs: logprobs.unwrap_or(0) as usize,
-        adapter: AdapterChoice::Current,
-        priority: Priority::User,
-        constraint: None,
-    };
+    let (requests, mut sampling_record) = generation.requests(
+        &response_id,
+        prompt_tokens.clone(),
+        max_tokens,
+        logprobs.unwrap_or(0) as usize,
+        None,
+    );
+    sampling_record["logprobs"] = json!(logprobs);
     let model = info.id.clone();
     let policy_version = backend.policy_version();
     let turn = TurnContext {
@@ -254,7 +234,6 @@ pub async fn completions(
         started,
         created_at: chrono::Utc::now(),
     };
-    let requests = (0..n).map(|i| choice_request(&base, i)).collect();
     let states: Vec<ChoiceState> = (0..n)
         .map(|i| ChoiceState::new(i, false, true, logprobs.is_some()))
         .collect();
@@ -382,4 +361,9 @@ impl ChunkWriter for CompletionChunks {
     fn usage(&mut self, usage: Usage) -> String {
         self.chunk(Vec::new(), Some(usage))
     }
+}
+
+/// POST /v1/completions.
+pub fn router() -> Router<AppState> {
+    Router::new().route("/v1/completions", post(completions))
 }

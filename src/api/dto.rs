@@ -28,6 +28,8 @@ pub struct ChatCompletionRequest {
     pub user: Option<String>,
     pub metadata: Option<Value>,
     pub response_format: Option<Value>,
+    /// Token id (as a string) → bias in [-100, 100], added to the logit before sampling.
+    pub logit_bias: Option<Value>,
     /// Hindsight extension: links turns of one conversation; never shown to the model.
     pub session_id: Option<String>,
 }

@@ -60,6 +60,14 @@ impl ApiError {
         }
     }
 
+    /// Names the request field an error is about, unless it already names one.
+    pub fn or_param(mut self, param: Option<&str>) -> Self {
+        if self.param.is_none() {
+            self.param = param.map(str::to_string);
+        }
+        self
+    }
+
     pub fn context_length_exceeded(message: impl Into<String>) -> Self {
         Self {
             param: Some("messages".into()),
@@ -171,6 +179,12 @@ impl From<SubmitError> for ApiError {
             SubmitError::QueueFull => Self::rate_limited(err.to_string()),
             SubmitError::ContextTooLong { .. } => Self::context_length_exceeded(err.to_string()),
             SubmitError::Invalid(message) => Self::bad_request(message),
+            SubmitError::UnsupportedConstraint(message) => Self {
+                code: Some("invalid_schema"),
+                ..Self::bad_request(format!(
+                    "The grammar engine cannot enforce this schema: {message}"
+                ))
+            },
             SubmitError::Stopped => Self::service_unavailable(err.to_string()),
         }
     }

@@ -3,12 +3,14 @@
 use axum::extract::{Path, State};
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
+use axum::routing::get;
 use axum::Json;
+use axum::Router;
 use serde_json::json;
 
-use super::app::AppState;
 use super::dto::{ModelList, ModelObject};
 use super::error::ApiError;
+use super::state::AppState;
 
 fn model_object(state: &AppState) -> ModelObject {
     let info = state.backend.info();
@@ -88,4 +90,14 @@ pub async fn prometheus(State(state): State<AppState>) -> Response {
         text,
     )
         .into_response()
+}
+
+/// The model list and the operational probes: /v1/models, /healthz, /readyz, /metrics.
+pub fn router() -> Router<AppState> {
+    Router::new()
+        .route("/v1/models", get(list_models))
+        .route("/v1/models/{id}", get(get_model))
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(prometheus))
 }

@@ -1,7 +1,9 @@
 //! GET /openapi.json: a hand-maintained OpenAPI 3.1 description of what this server serves.
 //! A test requests every documented path and checks every served route is documented.
 
+use axum::routing::get;
 use axum::Json;
+use axum::Router;
 use serde_json::{json, Value};
 
 pub async fn openapi_json() -> Json<Value> {
@@ -310,4 +312,9 @@ fn paths() -> Value {
             "responses": {"200": {"description": "OpenAPI 3.1", "content": {"application/json": {"schema": {"type": "object"}}}}}
         }}
     })
+}
+
+/// GET /openapi.json.
+pub fn router<S: Clone + Send + Sync + 'static>() -> Router<S> {
+    Router::new().route("/openapi.json", get(openapi_json))
 }

@@ -163,7 +163,7 @@ impl ServeFlags {
             max_body_bytes: self
                 .max_body_bytes
                 .or(file.max_body_bytes)
-                .unwrap_or(crate::api::app::DEFAULT_MAX_BODY_BYTES),
+                .unwrap_or(crate::api::DEFAULT_MAX_BODY_BYTES),
             learn: self.learn.or(file.learn.unwrap_or_default()),
             admin_token: self.admin_token.or(file.admin_token),
         };
