@@ -287,6 +287,8 @@ fn serve_round(
             policy_version: version,
             reward,
             hint: v.hint,
+            constraint: None,
+            logit_bias: Vec::new(),
         });
     }
     Ok((samples, corrected))

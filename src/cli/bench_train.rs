@@ -73,6 +73,8 @@ pub(super) fn synthetic_samples(
             policy_version: 0,
             reward: if i % 2 == 0 { 1.0 } else { -1.0 },
             hint: None,
+            constraint: None,
+            logit_bias: Vec::new(),
         })
         .collect()
 }

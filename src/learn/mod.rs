@@ -1,6 +1,7 @@
 //! Learning from next states: the judge scores turns, the trainer turns judged turns into
 //! LoRA updates, and guarded versions are hot-swapped into serving.
 
+pub mod constrained;
 pub mod control;
 pub mod guard;
 pub mod judge;

@@ -4,6 +4,8 @@
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
+use crate::model::grammar::Constraint;
+
 /// Which signals the trainer uses.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "snake_case")]
@@ -35,6 +37,9 @@ impl LearnMode {
     }
 }
 
+/// OpenAI `logit_bias` as (token id, bias) pairs.
+pub type LogitBias = Vec<(u32, f32)>;
+
 /// One served turn made ready for a training step.
 #[derive(Debug, Clone, PartialEq)]
 pub struct TrainingSample {
@@ -50,6 +55,30 @@ pub struct TrainingSample {
     /// +1 / −1 from the judge or explicit feedback; 0 when there is none.
     pub reward: f64,
     pub hint: Option<String>,
+    /// The grammar the response was sampled under (structured output, forced tool calls).
+    pub constraint: Option<Constraint>,
+    /// OpenAI `logit_bias` the response was sampled with, as (token id, bias).
+    pub logit_bias: LogitBias,
+}
+
+/// The constraint and logit bias a turn was sampled with, from its logged `sampling` JSON
+/// (`"constraint"`: a serialized [`Constraint`], `"logit_bias"`: `[[token_id, bias], ...]`;
+/// absent or null when not used). An error means the turn's behaviour log-probs come from a
+/// distribution the trainer cannot reproduce.
+pub fn sampling_transform(sampling: &Value) -> Result<(Option<Constraint>, LogitBias), String> {
+    let constraint = match sampling.get("constraint") {
+        None | Some(Value::Null) => None,
+        Some(c) => Some(
+            serde_json::from_value(c.clone()).map_err(|e| format!("unreadable constraint: {e}"))?,
+        ),
+    };
+    let logit_bias = match sampling.get("logit_bias") {
+        None | Some(Value::Null) => Vec::new(),
+        Some(b) => {
+            serde_json::from_value(b.clone()).map_err(|e| format!("unreadable logit_bias: {e}"))?
+        }
+    };
+    Ok((constraint, logit_bias))
 }
 
 /// What a sample contributes under a mode (`None`: nothing, it carries no gradient).
@@ -132,6 +161,33 @@ mod tests {
             plain[1]["content"],
             "first\n\n[Hint for this answer: Be brief.]"
         );
+    }
+
+    #[test]
+    fn sampling_json_gives_constraint_and_bias() {
+        let plain = json!({"temperature": 0.7, "top_p": 1.0});
+        assert_eq!(sampling_transform(&plain).unwrap(), (None, vec![]));
+        let nulls = json!({"constraint": null, "logit_bias": null});
+        assert_eq!(sampling_transform(&nulls).unwrap(), (None, vec![]));
+        let schema = json!({"type": "object"});
+        let full = json!({
+            "constraint": serde_json::to_value(Constraint::JsonSchema(schema.clone())).unwrap(),
+            "logit_bias": [[42, -100.0], [7, 2.5]],
+        });
+        assert_eq!(
+            sampling_transform(&full).unwrap(),
+            (
+                Some(Constraint::JsonSchema(schema)),
+                vec![(42, -100.0), (7, 2.5)]
+            )
+        );
+        let lark = json!({"constraint": {"kind": "lark", "grammar": "start: \"a\""}});
+        assert_eq!(
+            sampling_transform(&lark).unwrap().0,
+            Some(Constraint::Lark("start: \"a\"".into()))
+        );
+        assert!(sampling_transform(&json!({"constraint": {"kind": "regex"}})).is_err());
+        assert!(sampling_transform(&json!({"logit_bias": [[-1, 2.0]]})).is_err());
     }
 
     #[test]

@@ -8,10 +8,12 @@ use serde::{Deserialize, Serialize};
 use tch::nn::OptimizerConfig;
 use tch::{nn, Device, Kind, Tensor};
 
+use super::constrained::SampleTransforms;
 use super::loss::{advantages, policy_loss, LossConfig};
 use super::samples::{hinted_messages, LearnMode, SampleKind, TrainingSample};
 use crate::model::chat_template::ChatTemplate;
-use crate::model::logprobs::response_logprobs;
+use crate::model::grammar::GrammarCompiler;
+use crate::model::logprobs::{response_logprobs_transformed, LogitTransform};
 use crate::model::lora::{LoraConfig, TrainableAdapter};
 use crate::model::peft::AdapterSnapshot;
 use crate::model::tokenizer::TextTokenizer;
@@ -81,6 +83,17 @@ struct Prepared<'a> {
     sample: &'a TrainingSample,
     reward: f64,
     teacher: Option<Vec<f32>>,
+    /// The logit bias / grammar mask the response was sampled under, if any.
+    transform: Option<LogitTransform>,
+}
+
+impl Prepared<'_> {
+    fn pair(&self) -> (Vec<u32>, Vec<u32>) {
+        (
+            self.sample.prompt_ids.clone(),
+            self.sample.response_ids.clone(),
+        )
+    }
 }
 
 pub struct Trainer {
@@ -89,6 +102,7 @@ pub struct Trainer {
     optimizer: nn::Optimizer,
     template: ChatTemplate,
     tokenizer: TextTokenizer,
+    transforms: SampleTransforms,
     config: TrainerConfig,
     steps: u64,
 }
@@ -108,12 +122,15 @@ impl Trainer {
         };
         model.attach_trainable(&adapter)?;
         let optimizer = build_optimizer(&adapter, &config)?;
+        let tokenizer = TextTokenizer::from_dir(model_dir)?;
+        let vocab = model.config().vocab_size;
         Ok(Self {
+            transforms: SampleTransforms::new(model_dir, vocab, tokenizer.eos_token_ids()),
             model,
             adapter,
             optimizer,
             template: ChatTemplate::from_model_dir(model_dir)?,
-            tokenizer: TextTokenizer::from_dir(model_dir)?,
+            tokenizer,
             config,
             steps: 0,
         })
@@ -133,6 +150,12 @@ impl Trainer {
 
     pub fn template(&self) -> &ChatTemplate {
         &self.template
+    }
+
+    /// Replays constraints with `compiler` (the same model's, e.g. the engine's) instead of
+    /// building its own the first time a constrained sample comes.
+    pub fn use_grammar(&self, compiler: GrammarCompiler) {
+        self.transforms.set_compiler(compiler);
     }
 
     /// Starts over from `snapshot` (None: a fresh adapter) with a fresh optimizer, e.g. after
@@ -161,6 +184,34 @@ impl Trainer {
     ) -> anyhow::Result<Vec<u32>> {
         let text = self.template.render(messages, tools, true)?;
         Ok(self.tokenizer.encode(&text)?)
+    }
+
+    /// Each sample's response log-probs as a step would recompute them: under the sample's
+    /// logit bias and grammar mask, with the adapter (lp_new) or without (the base). None for a
+    /// sample whose constraint cannot be replayed (a step skips it).
+    pub fn sample_logprobs(
+        &self,
+        samples: &[TrainingSample],
+        use_adapter: bool,
+    ) -> anyhow::Result<Vec<Option<Vec<f32>>>> {
+        let _no_grad = tch::no_grad_guard();
+        let device = self.model.device();
+        let mut out = Vec::with_capacity(samples.len());
+        for sample in samples {
+            let Ok(transform) = self.transforms.for_sample(sample, device) else {
+                out.push(None);
+                continue;
+            };
+            let batch = [(sample.prompt_ids.clone(), sample.response_ids.clone())];
+            let (lp, _) = response_logprobs_transformed(
+                &self.model,
+                &batch,
+                use_adapter,
+                &[transform.as_ref()],
+            )?;
+            out.push(Some(Vec::try_from(lp.get(0))?));
+        }
+        Ok(out)
     }
 
     /// One optimizer step over `samples`. Samples that carry no signal under the mode are
@@ -236,6 +287,17 @@ impl Trainer {
                 metrics.samples_skipped += 1;
                 continue;
             };
+            // A constrained / biased turn is scored under its own transform (see
+            // learn::constrained); one that cannot be replayed is left out, never guessed.
+            let transform = match self.transforms.for_sample(sample, self.model.device()) {
+                Ok(t) => t,
+                Err(err) => {
+                    let id = sample.id;
+                    tracing::warn!(sample = id, error = %err, "logit transform not replayable; skipped");
+                    metrics.samples_skipped += 1;
+                    continue;
+                }
+            };
             let reward = if mode.uses_reward() {
                 sample.reward
             } else {
@@ -263,6 +325,7 @@ impl Trainer {
                 sample,
                 reward,
                 teacher: None,
+                transform,
             });
         }
         let use_adapter = self.config.teacher == Teacher::Policy;
@@ -272,7 +335,14 @@ impl Trainer {
                 .iter()
                 .map(|(i, prompt)| (prompt.clone(), prepared[*i].sample.response_ids.clone()))
                 .collect();
-            let (lp, _) = response_logprobs(&self.model, &batch, use_adapter)?;
+            // The teacher sees the same grammar mask and bias as the policy: the mask depends
+            // on the response tokens only, not on the (hinted) context.
+            let transforms: Vec<_> = chunk
+                .iter()
+                .map(|(i, _)| prepared[*i].transform.as_ref())
+                .collect();
+            let (lp, _) =
+                response_logprobs_transformed(&self.model, &batch, use_adapter, &transforms)?;
             for (row, (i, _)) in chunk.iter().enumerate() {
                 let n = prepared[*i].sample.response_ids.len();
                 let values: Vec<f32> = Vec::try_from(lp.get(row as i64).narrow(0, 0, n as i64))?;
@@ -283,11 +353,11 @@ impl Trainer {
     }
 
     fn micro_batch_loss(&self, chunk: &[Prepared<'_>]) -> anyhow::Result<MicroBatchLoss> {
-        let batch: Vec<(Vec<u32>, Vec<u32>)> = chunk
-            .iter()
-            .map(|p| (p.sample.prompt_ids.clone(), p.sample.response_ids.clone()))
-            .collect();
-        let (new_lp, mask) = response_logprobs(&self.model, &batch, true)?;
+        let batch: Vec<(Vec<u32>, Vec<u32>)> = chunk.iter().map(Prepared::pair).collect();
+        // lp_new under each turn's own logit transform, like the logged lp_old (see
+        // learn::constrained): the ratio is that of the constrained policy.
+        let transforms: Vec<_> = chunk.iter().map(|p| p.transform.as_ref()).collect();
+        let (new_lp, mask) = response_logprobs_transformed(&self.model, &batch, true, &transforms)?;
         let width = new_lp.size()[1] as usize;
         let device = new_lp.device();
         let pad = |rows: Vec<&[f32]>| -> Tensor {
@@ -320,7 +390,7 @@ impl Trainer {
         );
         let base_lp = if self.config.loss.kl_coef != 0.0 {
             let _no_grad = tch::no_grad_guard();
-            Some(response_logprobs(&self.model, &batch, false)?.0)
+            Some(response_logprobs_transformed(&self.model, &batch, false, &transforms)?.0)
         } else {
             None
         };

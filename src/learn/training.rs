@@ -13,7 +13,7 @@ use super::guard::{
     distinct_trigrams, greedy_replies, reply_kl, verdict, GuardConfig, GuardReport, ProbeResult,
 };
 use super::publish::write_version;
-use super::samples::TrainingSample;
+use super::samples::{sampling_transform, TrainingSample};
 use super::trainer::{StepMetrics, Trainer, TrainerConfig};
 use super::versions::{VersionControl, PROMOTED, REJECTED};
 use crate::store::{NewStep, NewVersion, SampleRow, Store};
@@ -138,7 +138,19 @@ impl TrainingLoop {
         if rows.is_empty() {
             return Ok(());
         }
-        let samples: Vec<TrainingSample> = rows.iter().map(to_sample).collect();
+        let mut unreadable = 0;
+        let samples: Vec<TrainingSample> = rows
+            .iter()
+            .filter_map(|row| match to_sample(row) {
+                Ok(sample) => Some(sample),
+                Err(err) => {
+                    // Consumed with the step like any skipped sample, so it is not retried.
+                    tracing::warn!(sample = row.id, error = %err, "sample skipped");
+                    unreadable += 1;
+                    None
+                }
+            })
+            .collect();
         let serving = self
             .runtime
             .block_on(self.versions.state())?
@@ -150,7 +162,10 @@ impl TrainingLoop {
             .map_or(1, |s| s.step + 1);
         let sample_ids: Vec<i64> = rows.iter().map(|r| r.id).collect();
         let metrics = match trainer.step(&samples) {
-            Ok(metrics) => metrics,
+            Ok(mut metrics) => {
+                metrics.samples_skipped += unreadable;
+                metrics
+            }
             Err(err) => {
                 // Recorded with its samples consumed, so one bad batch is not retried forever.
                 let message = format!("{err:#}");
@@ -271,9 +286,11 @@ pub(crate) fn guard_report(
     Ok(verdict(config, results))
 }
 
-fn to_sample(row: &SampleRow) -> TrainingSample {
+/// The sample of a stored row; an error when the turn's constraint or logit bias is unreadable.
+fn to_sample(row: &SampleRow) -> Result<TrainingSample, String> {
     let list = |v: &Value| v.as_array().cloned().unwrap_or_default();
-    TrainingSample {
+    let (constraint, logit_bias) = sampling_transform(&row.sampling)?;
+    Ok(TrainingSample {
         id: row.id,
         messages: list(&row.messages),
         tools: row.tools.as_ref().map(list),
@@ -283,7 +300,9 @@ fn to_sample(row: &SampleRow) -> TrainingSample {
         policy_version: row.policy_version,
         reward: row.reward,
         hint: row.hint.clone(),
-    }
+        constraint,
+        logit_bias,
+    })
 }
 
 /// The step's metrics under the keys the dashboard reads.
@@ -320,5 +339,47 @@ fn publish_metrics(m: &StepMetrics) {
         ("both", m.samples_both),
     ] {
         metrics::counter!("hindsight_train_samples_total", "kind" => kind).increment(n as u64);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::grammar::Constraint;
+
+    fn row(sampling: Value) -> SampleRow {
+        SampleRow {
+            id: 3,
+            turn_id: 9,
+            kind: "rl".into(),
+            reward: 1.0,
+            hint: None,
+            policy_version: 2,
+            messages: json!([{"role": "user", "content": "hi"}]),
+            tools: None,
+            prompt_token_ids: vec![1, 2],
+            response_token_ids: vec![5, 6],
+            response_logprobs: vec![-0.5, 0.0],
+            sampling,
+            created_at: chrono::Utc::now(),
+        }
+    }
+
+    #[test]
+    fn rows_carry_their_constraint_and_bias_into_samples() {
+        let plain = to_sample(&row(json!({"temperature": 1.0}))).unwrap();
+        assert_eq!((plain.constraint, plain.logit_bias), (None, vec![]));
+        let schema = json!({"type": "object"});
+        let sampling = json!({
+            "temperature": 1.0,
+            "constraint": {"kind": "json_schema", "grammar": schema},
+            "logit_bias": [[6, -1.5]],
+        });
+        let sample = to_sample(&row(sampling)).unwrap();
+        assert_eq!(sample.constraint, Some(Constraint::JsonSchema(schema)));
+        assert_eq!(sample.logit_bias, vec![(6, -1.5)]);
+        assert_eq!(sample.behaviour_logprobs, vec![-0.5, 0.0]);
+        let unreadable = json!({"constraint": {"kind": "json_schema"}, "logit_bias": "x"});
+        assert!(to_sample(&row(unreadable)).is_err());
     }
 }

@@ -85,6 +85,8 @@ pub struct SampleRow {
     pub prompt_token_ids: Vec<u32>,
     pub response_token_ids: Vec<u32>,
     pub response_logprobs: Vec<f32>,
+    /// The turn's sampling parameters as logged (with its `constraint` and `logit_bias`).
+    pub sampling: Value,
     pub created_at: Time,
 }
 

@@ -36,7 +36,8 @@ const CANDIDATES: &str = "SELECT t.id FROM turns t \
     ORDER BY t.id LIMIT $2";
 
 const SAMPLE_COLUMNS: &str = "s.id, s.turn_id, s.kind, s.reward, s.hint, s.policy_version, \
-    t.messages, t.tools, t.prompt_token_ids, t.response_token_ids, t.response_logprobs, s.created_at";
+    t.messages, t.tools, t.prompt_token_ids, t.response_token_ids, t.response_logprobs, \
+    t.sampling, s.created_at";
 
 const VERSION_COLUMNS: &str = "version, step, path, status, reason, guard, metrics, created_at";
 
@@ -230,6 +231,7 @@ macro_rules! backend_learner {
                 let logprobs: Vec<u8> = row.try_get("response_logprobs")?;
                 let kind: Option<String> = row.try_get("kind")?;
                 let reward: Option<f64> = row.try_get("reward")?;
+                let sampling: Json<Value> = row.try_get("sampling")?;
                 Ok(SampleRow {
                     id: row.try_get("id")?,
                     turn_id: row.try_get("turn_id")?,
@@ -242,6 +244,7 @@ macro_rules! backend_learner {
                     prompt_token_ids: bytes_to_u32s(&prompt),
                     response_token_ids: bytes_to_u32s(&response),
                     response_logprobs: bytes_to_f32s(&logprobs),
+                    sampling: sampling.0,
                     created_at: row.try_get("created_at")?,
                 })
             }
