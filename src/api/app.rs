@@ -1,5 +1,9 @@
 //! The one place the HTTP application is assembled: each handler module's router, then auth,
 //! limits, metrics and tracing around them.
+//!
+//! Handler modules return `OpenApiRouter`s: a route and its `#[utoipa::path]` documentation are
+//! registered together, and the merged router is split here into the axum `Router` and the
+//! document served at /openapi.json, so the two cannot disagree.
 
 use std::time::Duration;
 
@@ -7,35 +11,60 @@ use axum::extract::{DefaultBodyLimit, Request};
 use axum::http::{HeaderName, Method, Uri};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
-use axum::Router;
+use axum::{Extension, Router};
 use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
 use tower_http::trace::{DefaultOnResponse, TraceLayer};
 use tracing::Level;
+use utoipa_axum::router::OpenApiRouter;
 
+use super::admin::{self, Admin};
 use super::auth::authenticate;
 use super::error::ApiError;
 use super::extract::BodyLimit;
 use super::state::AppState;
-use super::{chat, completions, metrics, models, openapi};
+use super::{chat, completions, feedback, metrics, models, openapi, sessions};
+use crate::store::Store;
 
-/// The application with the built-in routes only.
-pub fn app(state: AppState) -> Router {
-    app_with_routes(state, Router::new())
-}
-
-/// The application plus `extra` routes (the store's /v1/feedback, /v1/sessions...), which get
-/// the same authentication, limits, metrics and error envelope.
-pub fn app_with_routes(state: AppState, extra: Router) -> Router {
-    let request_id = HeaderName::from_static("x-request-id");
-    let body_limit = state.config.max_body_bytes;
-    let keys = state.keys.clone();
-    let routes = Router::new()
+/// The built-in routes, one line per handler module. A module's `router()` may return an
+/// `OpenApiRouter<AppState>` (served and documented) or a plain `Router<AppState>` (served,
+/// not documented): `.merge(module::router().into())` takes either, so switching a module
+/// from one to the other needs no change here.
+fn builtin_routes() -> OpenApiRouter<AppState> {
+    OpenApiRouter::with_openapi(openapi::base())
         .merge(chat::router())
         .merge(completions::router())
         .merge(models::router())
         .merge(openapi::router())
+    // POST /v1/responses, GET and DELETE /v1/responses/{id}, once src/api/responses/ is
+    // declared in src/api/mod.rs: `.merge(responses::router().into())`.
+}
+
+/// The routes that need the store: /v1/feedback, /v1/sessions, and the admin API and
+/// dashboard. `hindsight serve` passes them to [`app_with_routes`].
+pub fn store_routes(store: &Store, admin: Admin) -> OpenApiRouter {
+    feedback::openapi_router(store.clone())
+        .merge(sessions::openapi_router(store.clone()))
+        .merge(admin::openapi_router(admin))
+}
+
+/// The application with the built-in routes only.
+pub fn app(state: AppState) -> Router {
+    app_with_routes(state, OpenApiRouter::new())
+}
+
+/// The application plus `extra` routes (see [`store_routes`]), which get the same
+/// authentication, limits, metrics and error envelope. `extra` is an `OpenApiRouter` (its
+/// documented routes join /openapi.json) or a plain `Router` (served, not documented).
+pub fn app_with_routes(state: AppState, extra: impl Into<OpenApiRouter>) -> Router {
+    let request_id = HeaderName::from_static("x-request-id");
+    let body_limit = state.config.max_body_bytes;
+    let keys = state.keys.clone();
+    let (routes, doc) = builtin_routes()
         .with_state(state)
-        .merge(extra)
+        .merge(extra.into())
+        .split_for_parts();
+    let routes = routes
+        .layer(Extension(openapi::Document::new(&doc)))
         .fallback(route_not_found)
         .method_not_allowed_fallback(method_not_allowed);
     routes

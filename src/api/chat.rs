@@ -5,10 +5,10 @@ use std::time::Instant;
 use axum::extract::State;
 use axum::http::HeaderMap;
 use axum::response::{IntoResponse, Response};
-use axum::routing::post;
-use axum::Router;
 use axum::{Extension, Json};
 use serde_json::Value;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 use super::caller::Caller;
 use super::convert::prepare_chat;
@@ -22,6 +22,10 @@ use super::generation::{
     collect, policy_version_of, stream_sse, submit_all, to_json, usage_of, ChoiceDelta,
     ChoiceState, ChunkWriter, StreamEnd,
 };
+use super::openapi::schemas::SessionHeaderParams;
+use super::openapi::{
+    BadRequest, NotFound, PayloadTooLarge, ServerError, TooManyRequests, Unauthorized,
+};
 use super::state::AppState;
 use super::turn_record::{SessionHeaders, TurnContext};
 use crate::engine::TokenEvent;
@@ -34,6 +38,23 @@ pub fn now_unix() -> i64 {
     chrono::Utc::now().timestamp()
 }
 
+#[utoipa::path(
+    post,
+    path = "/v1/chat/completions",
+    tag = "chat",
+    summary = "Create a chat completion",
+    params(SessionHeaderParams),
+    request_body = ChatCompletionRequest,
+    responses(
+        (status = 200, description = "The completion, or with `stream: true` a text/event-stream \
+            of chunks ending with `data: [DONE]`", content(
+            (ChatCompletion = "application/json"),
+            (ChatCompletionChunk = "text/event-stream"),
+        )),
+        BadRequest, Unauthorized, NotFound, PayloadTooLarge, TooManyRequests, ServerError,
+    ),
+    security(("bearer" = []))
+)]
 pub async fn chat_completions(
     State(state): State<AppState>,
     Extension(caller): Extension<Caller>,
@@ -244,6 +265,6 @@ impl ChunkWriter for ChatChunks {
 }
 
 /// POST /v1/chat/completions.
-pub fn router() -> Router<AppState> {
-    Router::new().route("/v1/chat/completions", post(chat_completions))
+pub fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new().routes(routes!(chat_completions))
 }

@@ -6,11 +6,12 @@ use std::time::Instant;
 use axum::extract::State;
 use axum::http::HeaderMap;
 use axum::response::{IntoResponse, Response};
-use axum::routing::post;
-use axum::Router;
 use axum::{Extension, Json};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
+use utoipa::ToSchema;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 use super::caller::Caller;
 use super::chat::{fingerprint, now_unix};
@@ -21,6 +22,10 @@ use super::generation::{
     collect, policy_version_of, stream_sse, submit_all, to_json, usage_of, ChoiceDelta,
     ChoiceState, ChunkWriter, StreamEnd,
 };
+use super::openapi::schemas::{fixed, PromptInput, SessionHeaderParams, Stop};
+use super::openapi::{
+    BadRequest, NotFound, PayloadTooLarge, ServerError, TooManyRequests, Unauthorized,
+};
 use super::params::{check_model, completion_budget, Generation, SamplingFields};
 use super::state::AppState;
 use super::turn_record::{SessionHeaders, TurnContext};
@@ -30,32 +35,45 @@ use crate::engine::TokenEvent;
 const DEFAULT_MAX_TOKENS: u32 = 16;
 const MAX_LEGACY_LOGPROBS: u32 = 5;
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, ToSchema)]
 pub struct CompletionRequest {
     pub model: String,
+    #[schema(value_type = PromptInput)]
     pub prompt: Value,
+    #[schema(minimum = 1, default = 16)]
     pub max_tokens: Option<u32>,
+    #[schema(minimum = 0.0, maximum = 2.0)]
     pub temperature: Option<f32>,
+    #[schema(minimum = 0.0, maximum = 1.0)]
     pub top_p: Option<f32>,
+    #[schema(minimum = 1, maximum = 128)]
     pub n: Option<u32>,
     pub stream: Option<bool>,
     pub stream_options: Option<StreamOptions>,
+    #[schema(minimum = 0, maximum = 5)]
     pub logprobs: Option<u32>,
     pub echo: Option<bool>,
+    #[schema(value_type = Option<Stop>)]
     pub stop: Option<Value>,
+    #[schema(minimum = -2.0, maximum = 2.0)]
     pub presence_penalty: Option<f32>,
+    #[schema(minimum = -2.0, maximum = 2.0)]
     pub frequency_penalty: Option<f32>,
     pub seed: Option<i64>,
+    #[schema(value_type = Option<HashMap<String, f32>>)]
     pub logit_bias: Option<Value>,
+    /// Only equal to `n` (or absent) is accepted.
     pub best_of: Option<u32>,
+    /// Only empty (or absent) is accepted.
     pub suffix: Option<String>,
     pub user: Option<String>,
     pub session_id: Option<String>,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, ToSchema)]
 pub struct Completion {
     pub id: String,
+    #[schema(schema_with = fixed::text_completion)]
     pub object: &'static str,
     pub created: i64,
     pub model: String,
@@ -65,16 +83,18 @@ pub struct Completion {
     pub system_fingerprint: String,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, ToSchema)]
 pub struct CompletionChoice {
     pub text: String,
     pub index: usize,
+    #[schema(required)]
     pub logprobs: Option<LegacyLogprobs>,
+    #[schema(schema_with = fixed::finish_reason_or_null, required)]
     pub finish_reason: Option<String>,
 }
 
 /// The legacy logprobs shape: parallel arrays.
-#[derive(Debug, Clone, Default, Serialize)]
+#[derive(Debug, Clone, Default, Serialize, ToSchema)]
 pub struct LegacyLogprobs {
     pub tokens: Vec<String>,
     pub token_logprobs: Vec<f32>,
@@ -135,6 +155,23 @@ fn parse_prompt(prompt: &Value) -> Result<Prompt, ApiError> {
     }
 }
 
+#[utoipa::path(
+    post,
+    path = "/v1/completions",
+    tag = "completions",
+    summary = "Create a text completion (legacy)",
+    params(SessionHeaderParams),
+    request_body = CompletionRequest,
+    responses(
+        (status = 200, description = "The completion, or with `stream: true` a text/event-stream \
+            of chunks ending with `data: [DONE]`", content(
+            (Completion = "application/json"),
+            (Completion = "text/event-stream"),
+        )),
+        BadRequest, Unauthorized, NotFound, PayloadTooLarge, TooManyRequests, ServerError,
+    ),
+    security(("bearer" = []))
+)]
 pub async fn completions(
     State(state): State<AppState>,
     Extension(caller): Extension<Caller>,
@@ -364,6 +401,6 @@ impl ChunkWriter for CompletionChunks {
 }
 
 /// POST /v1/completions.
-pub fn router() -> Router<AppState> {
-    Router::new().route("/v1/completions", post(completions))
+pub fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new().routes(routes!(completions))
 }

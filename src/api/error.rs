@@ -20,17 +20,19 @@ pub struct ApiError {
 }
 
 /// The JSON body of an error response (also sent as an SSE event when a stream fails).
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct ErrorEnvelope {
     pub error: ErrorBody,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct ErrorBody {
     pub message: String,
     #[serde(rename = "type")]
     pub kind: &'static str,
+    #[schema(required)]
     pub param: Option<String>,
+    #[schema(required)]
     pub code: Option<&'static str>,
 }
 

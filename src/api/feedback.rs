@@ -5,12 +5,16 @@ use axum::body::Bytes;
 use axum::extract::{DefaultBodyLimit, Query, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use axum::routing::post;
 use axum::{Extension, Json, Router};
 use serde::Deserialize;
 use serde_json::json;
+use utoipa::{IntoParams, ToSchema};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 use super::caller::Caller;
+use super::openapi::schemas::{fixed, List};
+use super::openapi::{BadRequest, NotFound, PayloadTooLarge, Unauthorized, Unavailable};
 use crate::store::{FeedbackOutcome, FeedbackSource, Rating, Store, StoreError};
 
 /// Feedback bodies are small; anything larger is refused before it is read in full.
@@ -75,22 +79,47 @@ pub(crate) fn caller_key(caller: &Option<Extension<Caller>>) -> Option<&str> {
     caller.as_ref().and_then(|c| c.0.key_id.as_deref())
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 struct FeedbackBody {
+    /// The `id` of a chat or text completion made with the caller's key.
     response_id: String,
+    #[schema(schema_with = fixed::rating)]
     rating: String,
+    /// What the reply should have said (at most 32768 characters).
     #[serde(default)]
+    #[schema(max_length = 32768)]
     correction: Option<String>,
 }
 
-pub fn router(store: Store) -> Router {
-    Router::new()
-        .route("/v1/feedback", post(create).get(list))
+/// POST and GET /v1/feedback, documented.
+pub fn openapi_router(store: Store) -> OpenApiRouter {
+    OpenApiRouter::new()
+        .routes(routes!(create, list))
         .layer(DefaultBodyLimit::max(MAX_FEEDBACK_BODY))
         .with_state(store)
 }
 
+/// The same routes as a plain axum router.
+pub fn router(store: Store) -> Router {
+    openapi_router(store).into()
+}
+
+#[utoipa::path(
+    post,
+    path = "/v1/feedback",
+    tag = "feedback",
+    operation_id = "create_feedback",
+    summary = "Rate a response",
+    request_body = FeedbackBody,
+    responses(
+        (status = 200, description = "The stored feedback", body = Object),
+        (status = 202, description = "The turn is still being written: the feedback is queued \
+            right behind it", body = Object),
+        BadRequest, Unauthorized, NotFound, PayloadTooLarge, Unavailable,
+    ),
+    security(("bearer" = []))
+)]
 async fn create(
     State(store): State<Store>,
     caller: Option<Extension<Caller>>,
@@ -145,11 +174,27 @@ fn unknown_response(response_id: &str) -> ApiError {
     ApiError::not_found(format!("no response with id {response_id:?}"))
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 struct ListQuery {
+    /// The response whose feedback to list.
+    #[param(required)]
     response_id: Option<String>,
 }
 
+#[utoipa::path(
+    get,
+    path = "/v1/feedback",
+    tag = "feedback",
+    operation_id = "list_feedback",
+    summary = "The feedback on a response",
+    params(ListQuery),
+    responses(
+        (status = 200, description = "The feedback, oldest first", body = List),
+        BadRequest, Unauthorized, NotFound, Unavailable,
+    ),
+    security(("bearer" = []))
+)]
 async fn list(
     State(store): State<Store>,
     caller: Option<Extension<Caller>>,

@@ -3,13 +3,15 @@
 use axum::extract::{Path, State};
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
 use axum::Json;
-use axum::Router;
 use serde_json::json;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 use super::dto::{ModelList, ModelObject};
 use super::error::ApiError;
+use super::openapi::schemas::{Health, Readiness};
+use super::openapi::{NotFound, Unauthorized};
 use super::state::AppState;
 
 fn model_object(state: &AppState) -> ModelObject {
@@ -22,6 +24,14 @@ fn model_object(state: &AppState) -> ModelObject {
     }
 }
 
+#[utoipa::path(
+    get,
+    path = "/v1/models",
+    tag = "models",
+    summary = "List the served model",
+    responses((status = 200, description = "The model list", body = ModelList), Unauthorized),
+    security(("bearer" = []))
+)]
 pub async fn list_models(State(state): State<AppState>) -> Json<ModelList> {
     Json(ModelList {
         object: "list",
@@ -29,6 +39,19 @@ pub async fn list_models(State(state): State<AppState>) -> Json<ModelList> {
     })
 }
 
+#[utoipa::path(
+    get,
+    path = "/v1/models/{id}",
+    tag = "models",
+    summary = "Describe a model",
+    params(("id" = String, Path, description = "The model id")),
+    responses(
+        (status = 200, description = "The model", body = ModelObject),
+        Unauthorized,
+        NotFound,
+    ),
+    security(("bearer" = []))
+)]
 pub async fn get_model(
     State(state): State<AppState>,
     Path(id): Path<String>,
@@ -41,11 +64,28 @@ pub async fn get_model(
 }
 
 /// Liveness: the process answers.
+#[utoipa::path(
+    get,
+    path = "/healthz",
+    tag = "operations",
+    summary = "Liveness",
+    responses((status = 200, description = "The process answers", body = Health))
+)]
 pub async fn healthz() -> Json<serde_json::Value> {
     Json(json!({"status": "ok"}))
 }
 
 /// Readiness: the model is loaded (a backend exists once it is) and every probe passes.
+#[utoipa::path(
+    get,
+    path = "/readyz",
+    tag = "operations",
+    summary = "Readiness: model loaded and every dependency ready",
+    responses(
+        (status = 200, description = "Ready", body = Readiness),
+        (status = 503, description = "A dependency is not ready", body = Readiness),
+    )
+)]
 pub async fn readyz(State(state): State<AppState>) -> Response {
     let mut checks = serde_json::Map::new();
     checks.insert("model".into(), json!("ready"));
@@ -80,6 +120,18 @@ pub async fn readyz(State(state): State<AppState>) -> Response {
     (status, Json(body)).into_response()
 }
 
+#[utoipa::path(
+    get,
+    path = "/metrics",
+    tag = "operations",
+    summary = "Prometheus metrics",
+    responses((
+        status = 200,
+        description = "Prometheus text exposition format",
+        body = String,
+        content_type = "text/plain; version=0.0.4"
+    ))
+)]
 pub async fn prometheus(State(state): State<AppState>) -> Response {
     let text = super::metrics::render(&state.metrics, state.backend.load());
     (
@@ -93,11 +145,11 @@ pub async fn prometheus(State(state): State<AppState>) -> Response {
 }
 
 /// The model list and the operational probes: /v1/models, /healthz, /readyz, /metrics.
-pub fn router() -> Router<AppState> {
-    Router::new()
-        .route("/v1/models", get(list_models))
-        .route("/v1/models/{id}", get(get_model))
-        .route("/healthz", get(healthz))
-        .route("/readyz", get(readyz))
-        .route("/metrics", get(prometheus))
+pub fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(list_models))
+        .routes(routes!(get_model))
+        .routes(routes!(healthz))
+        .routes(routes!(readyz))
+        .routes(routes!(prometheus))
 }

@@ -3,30 +3,56 @@
 
 use axum::extract::{Path, Query, State};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
 use axum::{Extension, Json, Router};
 use serde::Deserialize;
 use serde_json::json;
+use utoipa::IntoParams;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 use super::caller::Caller;
 use super::feedback::{caller_key, ApiError};
+use super::openapi::schemas::List;
+use super::openapi::{BadRequest, NotFound, Unauthorized, Unavailable};
 use crate::store::Store;
 
 const DEFAULT_LIMIT: i64 = 100;
 const MAX_LIMIT: i64 = 1000;
 
-pub fn router(store: Store) -> Router {
-    Router::new()
-        .route("/v1/sessions", get(list))
-        .route("/v1/sessions/{id}", get(show).delete(remove))
+/// GET /v1/sessions, GET and DELETE /v1/sessions/{id}, documented.
+pub fn openapi_router(store: Store) -> OpenApiRouter {
+    OpenApiRouter::new()
+        .routes(routes!(list))
+        .routes(routes!(show, remove))
         .with_state(store)
 }
 
-#[derive(Debug, Deserialize)]
+/// The same routes as a plain axum router.
+pub fn router(store: Store) -> Router {
+    openapi_router(store).into()
+}
+
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 struct ListQuery {
+    /// How many sessions, newest first.
+    #[param(minimum = 1, maximum = 1000, default = 100)]
     limit: Option<i64>,
 }
 
+#[utoipa::path(
+    get,
+    path = "/v1/sessions",
+    tag = "sessions",
+    operation_id = "list_sessions",
+    summary = "The caller's sessions, newest first",
+    params(ListQuery),
+    responses(
+        (status = 200, description = "The sessions", body = List),
+        BadRequest, Unauthorized, Unavailable,
+    ),
+    security(("bearer" = []))
+)]
 async fn list(
     State(store): State<Store>,
     caller: Option<Extension<Caller>>,
@@ -44,6 +70,19 @@ async fn list(
     Ok(Json(json!({"object": "list", "data": sessions})).into_response())
 }
 
+#[utoipa::path(
+    get,
+    path = "/v1/sessions/{id}",
+    tag = "sessions",
+    operation_id = "get_session",
+    summary = "A session and its turns",
+    params(("id" = String, Path, description = "The session id")),
+    responses(
+        (status = 200, description = "The session with its turns", body = Object),
+        Unauthorized, NotFound, Unavailable,
+    ),
+    security(("bearer" = []))
+)]
 async fn show(
     State(store): State<Store>,
     caller: Option<Extension<Caller>>,
@@ -55,6 +94,20 @@ async fn show(
     }
 }
 
+#[utoipa::path(
+    delete,
+    path = "/v1/sessions/{id}",
+    tag = "sessions",
+    operation_id = "delete_session",
+    summary = "Delete a session and its turns",
+    params(("id" = String, Path, description = "The session id")),
+    responses(
+        (status = 200, description = "`{\"id\", \"object\": \"session\", \"deleted\": true}`",
+            body = Object),
+        Unauthorized, NotFound, Unavailable,
+    ),
+    security(("bearer" = []))
+)]
 async fn remove(
     State(store): State<Store>,
     caller: Option<Extension<Caller>>,

@@ -337,9 +337,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             .with_shutdown(stop_rx)
             .with_control(learner.clone());
         tracing::info!(dashboard = admin.auth.describe(), "admin dashboard at /dashboard");
-        let routes = crate::api::feedback::router(store.clone())
-            .merge(crate::api::sessions::router(store.clone()))
-            .merge(crate::api::admin::router(admin));
+        let routes = crate::api::app::store_routes(&store, admin);
         let gauges = tokio::spawn(publish_store_gauges(store.clone()));
         let hooks = ShutdownHooks::new();
         // Registered first so that the trainer's last step is recorded before the store closes.

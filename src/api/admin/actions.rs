@@ -7,10 +7,13 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::{Form, Json};
 use serde::Deserialize;
+use utoipa::ToSchema;
 
 use super::auth::AdminAuth;
-use super::{admin_error, assets, store_error, Admin, AdminMode, LearnerStatus};
-use crate::api::error::ApiError;
+use super::{admin_error, assets, store_error, Admin, AdminMode, Denied, LearnerStatus};
+use crate::api::error::{ApiError, ErrorEnvelope};
+use crate::api::openapi::schemas::fixed;
+use crate::api::openapi::{BadRequest, NotFound, Unavailable};
 use crate::store::{FeedbackOutcome, Rating};
 
 const MAX_CORRECTION_CHARS: usize = 32 * 1024;
@@ -24,17 +27,37 @@ fn body<T>(body: Result<Json<T>, JsonRejection>) -> Result<T, ApiError> {
     })
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
+#[schema(as = AdminFeedbackBody)]
 pub struct FeedbackBody {
+    /// The `id` of any key's chat or text completion.
     response_id: String,
+    #[schema(schema_with = fixed::rating)]
     rating: String,
+    /// What the reply should have said (at most 32768 characters; blank means none).
     #[serde(default)]
+    #[schema(max_length = 32768)]
     correction: Option<String>,
 }
 
 /// Thumbs up/down and an optional correction on any key's turn, recorded with source
 /// `dashboard` through the store's feedback path (so the judge re-judges the turn).
+#[utoipa::path(
+    post,
+    path = "/admin/api/feedback",
+    tag = "admin",
+    operation_id = "admin_feedback",
+    summary = "Rate any key's response",
+    request_body = FeedbackBody,
+    responses(
+        (status = 200, description = "The stored feedback", body = Object),
+        (status = 202, description = "The turn is still being written: the feedback is queued \
+            right behind it", body = Object),
+        BadRequest, Denied, NotFound, Unavailable,
+    ),
+    security(("admin_token" = []), ("admin_cookie" = []))
+)]
 pub async fn feedback(
     State(admin): State<Admin>,
     b: Result<Json<FeedbackBody>, JsonRejection>,
@@ -78,15 +101,25 @@ pub async fn feedback(
     }
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct VersionBody {
+    /// 0 (the base model) or a published version.
+    #[schema(minimum = 0)]
     version: i64,
 }
 
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct EmptyBody {}
+
+/// The refusals of the version actions.
+#[derive(utoipa::IntoResponses)]
+pub enum VersionRefused {
+    /// Learning is off here, or the learner refused (e.g. the version does not exist).
+    #[response(status = 409)]
+    Conflict(ErrorEnvelope),
+}
 
 fn learner_off() -> ApiError {
     let note = LearnerStatus::off().note.unwrap_or_default();
@@ -109,6 +142,19 @@ fn version_of(b: Result<Json<VersionBody>, JsonRejection>) -> Result<i64, ApiErr
 }
 
 /// Serve `version` now and pin it.
+#[utoipa::path(
+    post,
+    path = "/admin/api/learner/rollback",
+    tag = "admin",
+    operation_id = "admin_rollback",
+    summary = "Serve a version now and pin it",
+    request_body = VersionBody,
+    responses(
+        (status = 200, description = "The learner after the change", body = LearnerStatus),
+        BadRequest, Denied, VersionRefused,
+    ),
+    security(("admin_token" = []), ("admin_cookie" = []))
+)]
 pub async fn rollback(
     State(admin): State<Admin>,
     b: Result<Json<VersionBody>, JsonRejection>,
@@ -120,6 +166,19 @@ pub async fn rollback(
     Ok(Json(status).into_response())
 }
 
+#[utoipa::path(
+    post,
+    path = "/admin/api/learner/pin",
+    tag = "admin",
+    operation_id = "admin_pin",
+    summary = "Keep serving a version whatever later steps publish",
+    request_body = VersionBody,
+    responses(
+        (status = 200, description = "The learner after the change", body = LearnerStatus),
+        BadRequest, Denied, VersionRefused,
+    ),
+    security(("admin_token" = []), ("admin_cookie" = []))
+)]
 pub async fn pin(
     State(admin): State<Admin>,
     b: Result<Json<VersionBody>, JsonRejection>,
@@ -131,6 +190,19 @@ pub async fn pin(
     Ok(Json(status).into_response())
 }
 
+#[utoipa::path(
+    post,
+    path = "/admin/api/learner/follow-latest",
+    tag = "admin",
+    operation_id = "admin_follow_latest",
+    summary = "Unpin: serve the latest promoted version from now on",
+    request_body = EmptyBody,
+    responses(
+        (status = 200, description = "The learner after the change", body = LearnerStatus),
+        BadRequest, Denied, VersionRefused,
+    ),
+    security(("admin_token" = []), ("admin_cookie" = []))
+)]
 pub async fn follow_latest(
     State(admin): State<Admin>,
     b: Result<Json<EmptyBody>, JsonRejection>,
@@ -142,7 +214,7 @@ pub async fn follow_latest(
     Ok(Json(status).into_response())
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, ToSchema)]
 pub struct SignInForm {
     token: String,
 }
@@ -158,6 +230,21 @@ fn see_dashboard(cookie: Option<String>) -> Response {
 }
 
 /// The sign-in form's POST: sets the HttpOnly cookie and goes back to the dashboard.
+#[utoipa::path(
+    post,
+    path = "/admin/login",
+    tag = "admin",
+    operation_id = "admin_sign_in",
+    summary = "Sign in to the dashboard",
+    request_body(content = SignInForm, content_type = "application/x-www-form-urlencoded"),
+    responses(
+        (status = 303, description = "To /dashboard, with the sign-in cookie when a token was \
+            given", headers(("Set-Cookie" = String), ("Location" = String))),
+        (status = 401, description = "The sign-in form again: the token is not right",
+            content_type = "text/html", body = String),
+        (status = 403, description = "The admin API is off", body = ErrorEnvelope),
+    )
+)]
 pub async fn sign_in(
     State(admin): State<Admin>,
     form: Result<Form<SignInForm>, FormRejection>,
@@ -175,6 +262,18 @@ pub async fn sign_in(
     }
 }
 
+#[utoipa::path(
+    post,
+    path = "/admin/logout",
+    tag = "admin",
+    operation_id = "admin_sign_out",
+    summary = "Sign out of the dashboard",
+    responses((
+        status = 303,
+        description = "To /dashboard, clearing the sign-in cookie",
+        headers(("Set-Cookie" = String), ("Location" = String))
+    ))
+)]
 pub async fn sign_out() -> Response {
     see_dashboard(Some(AdminAuth::sign_out_cookie()))
 }

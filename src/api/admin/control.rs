@@ -6,13 +6,14 @@ use futures::future::BoxFuture;
 use serde::{Deserialize, Serialize};
 
 /// The learner as the dashboard shows it.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct LearnerStatus {
     /// Whether a learner is configured at all.
     pub enabled: bool,
     /// The policy version answering requests now (0 = the base model).
     pub serving_version: i64,
     /// The version serving is pinned to; None while following the latest promoted version.
+    #[schema(required)]
     pub pinned_version: Option<i64>,
     pub following_latest: bool,
     /// rl | opd | combined | off
@@ -22,6 +23,7 @@ pub struct LearnerStatus {
     /// Samples waiting for the next training step.
     pub samples_waiting: i64,
     /// A line for the admin, e.g. "judge: rules only (default model)".
+    #[schema(required)]
     pub note: Option<String>,
 }
 

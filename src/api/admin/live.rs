@@ -17,12 +17,28 @@ use serde_json::json;
 use tokio::sync::{mpsc, watch};
 use tokio_stream::wrappers::ReceiverStream;
 
-use super::{store_error, Admin};
+use super::{store_error, Admin, Denied};
 use crate::api::error::ApiError;
+use crate::api::openapi::Unavailable;
 
 /// Events buffered for a slow client before polling waits for it.
 const BUFFER: usize = 256;
 
+#[utoipa::path(
+    get,
+    path = "/admin/api/live",
+    tag = "admin",
+    operation_id = "admin_live",
+    summary = "Live feed of new rows",
+    responses(
+        (status = 200, description = "A text/event-stream: `hello` ({cursor, poll_ms}), then \
+            an event per new turn, next state, feedback, judgement, step, version or serving \
+            change, and `store` when the store fails or recovers",
+            content_type = "text/event-stream", body = String),
+        Denied, Unavailable,
+    ),
+    security(("admin_token" = []), ("admin_cookie" = []))
+)]
 pub async fn live(State(admin): State<Admin>) -> Result<Response, ApiError> {
     let cursor = admin.store.live_cursor().await.map_err(store_error)?;
     let (tx, rx) = mpsc::channel::<Result<Event, Infallible>>(BUFFER);

@@ -13,14 +13,17 @@ use std::time::Duration;
 
 use axum::http::StatusCode;
 use axum::middleware;
-use axum::routing::{get, post};
+use axum::routing::get;
 use axum::Router;
 use tokio::sync::watch;
+use utoipa::IntoResponses;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 pub use auth::{AdminAuth, AdminMode};
 pub use control::{LearnerControl, LearnerStatus};
 
-use super::error::ApiError;
+use super::error::{ApiError, ErrorEnvelope};
 use crate::store::{Store, StoreError};
 
 /// How often the live feed looks for new rows by default.
@@ -61,40 +64,55 @@ impl Admin {
     }
 }
 
-/// The dashboard page, its assets, sign-in/out and the admin API. Merge it into the app with
-/// `app_with_routes`; it brings its own authentication (see [`auth`]).
-pub fn router(admin: Admin) -> Router {
+/// The dashboard page, its assets, sign-in/out and the admin API; the API routes and sign-in/out
+/// are documented (tag `admin`), the dashboard's pages and files are served undocumented. Merge
+/// it into the app with `app_with_routes`; it brings its own authentication (see [`auth`]).
+pub fn openapi_router(admin: Admin) -> OpenApiRouter {
     let auth = admin.auth.clone();
-    let protected = Router::new()
+    let protected = OpenApiRouter::new()
         .route("/dashboard", get(assets::index))
-        .route("/admin/api/me", get(read::me))
-        .route("/admin/api/overview", get(read::overview))
-        .route("/admin/api/series", get(read::series))
-        .route("/admin/api/sessions", get(read::sessions))
-        .route("/admin/api/sessions/{pk}", get(read::timeline))
-        .route("/admin/api/steps", get(read::steps))
-        .route("/admin/api/versions", get(read::versions))
-        .route("/admin/api/learner", get(read::learner))
-        .route("/admin/api/feedback", post(actions::feedback))
-        .route("/admin/api/learner/rollback", post(actions::rollback))
-        .route("/admin/api/learner/pin", post(actions::pin))
-        .route(
-            "/admin/api/learner/follow-latest",
-            post(actions::follow_latest),
-        )
-        .route("/admin/api/live", get(live::live))
+        .routes(routes!(read::me))
+        .routes(routes!(read::overview))
+        .routes(routes!(read::series))
+        .routes(routes!(read::sessions))
+        .routes(routes!(read::timeline))
+        .routes(routes!(read::steps))
+        .routes(routes!(read::versions))
+        .routes(routes!(read::learner))
+        .routes(routes!(actions::feedback))
+        .routes(routes!(actions::rollback))
+        .routes(routes!(actions::pin))
+        .routes(routes!(actions::follow_latest))
+        .routes(routes!(live::live))
         .route_layer(middleware::from_fn_with_state(
             auth.clone(),
             auth::require_admin,
         ))
         .with_state(admin.clone());
-    let public = Router::new()
+    let public = OpenApiRouter::new()
         .route("/dashboard/", get(assets::to_dashboard))
         .route("/dashboard/assets/{*path}", get(assets::asset))
-        .route("/admin/login", post(actions::sign_in))
-        .route("/admin/logout", post(actions::sign_out))
+        .routes(routes!(actions::sign_in))
+        .routes(routes!(actions::sign_out))
         .with_state(admin);
     protected.merge(public)
+}
+
+/// The same routes as a plain axum router.
+pub fn router(admin: Admin) -> Router {
+    openapi_router(admin).into()
+}
+
+/// The refusals of every protected admin route.
+#[derive(IntoResponses)]
+pub enum Denied {
+    /// The admin token is required: send `Authorization: Bearer TOKEN` or sign in at /dashboard.
+    #[response(status = 401)]
+    TokenRequired(ErrorEnvelope),
+    /// The admin API is off (no admin token on a non-loopback bind), or, without a token, the
+    /// request was not addressed to a loopback host.
+    #[response(status = 403)]
+    Refused(ErrorEnvelope),
 }
 
 /// An admin error in OpenAI's envelope.

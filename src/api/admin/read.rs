@@ -8,9 +8,12 @@ use axum::Json;
 use chrono::{NaiveDate, TimeZone, Utc};
 use serde::Deserialize;
 use serde_json::json;
+use utoipa::IntoParams;
 
-use super::{admin_error, store_error, Admin, AdminMode, LearnerStatus};
-use crate::api::error::ApiError;
+use super::{admin_error, store_error, Admin, AdminMode, Denied, LearnerStatus};
+use crate::api::error::{ApiError, ErrorEnvelope};
+use crate::api::openapi::schemas::List;
+use crate::api::openapi::{BadRequest, NotFound, Unavailable};
 use crate::store::dashboard::{RewardFilter, SessionFilter, Time};
 
 const DEFAULT_PAGE: i64 = 50;
@@ -25,6 +28,18 @@ fn query<T>(query: Result<Query<T>, QueryRejection>) -> Result<T, ApiError> {
 }
 
 /// How the caller got in, for the page's header (never the token).
+#[utoipa::path(
+    get,
+    path = "/admin/api/me",
+    tag = "admin",
+    operation_id = "admin_me",
+    summary = "How the caller got in",
+    responses(
+        (status = 200, description = "`{auth, store, learner, version}`", body = Object),
+        Denied,
+    ),
+    security(("admin_token" = []), ("admin_cookie" = []))
+)]
 pub async fn me(State(admin): State<Admin>) -> Response {
     Json(json!({
         "auth": match admin.auth.mode() {
@@ -39,6 +54,15 @@ pub async fn me(State(admin): State<Admin>) -> Response {
     .into_response()
 }
 
+#[utoipa::path(
+    get,
+    path = "/admin/api/overview",
+    tag = "admin",
+    operation_id = "admin_overview",
+    summary = "Totals for the overview page",
+    responses((status = 200, description = "The overview", body = Object), Denied, Unavailable),
+    security(("admin_token" = []), ("admin_cookie" = []))
+)]
 pub async fn overview(State(admin): State<Admin>) -> Result<Response, ApiError> {
     let overview = admin
         .store
@@ -48,12 +72,28 @@ pub async fn overview(State(admin): State<Admin>) -> Result<Response, ApiError> 
     Ok(Json(overview).into_response())
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct SeriesQuery {
+    /// 1h, 6h, 24h (default), 7d or 30d.
+    #[param(default = "24h")]
     range: Option<String>,
 }
 
 /// `range`: 1h, 6h, 24h (default), 7d or 30d; each has a fixed bucket size.
+#[utoipa::path(
+    get,
+    path = "/admin/api/series",
+    tag = "admin",
+    operation_id = "admin_series",
+    summary = "Time series for the charts",
+    params(SeriesQuery),
+    responses(
+        (status = 200, description = "`{range, since, until, series}`", body = Object),
+        BadRequest, Denied, Unavailable,
+    ),
+    security(("admin_token" = []), ("admin_cookie" = []))
+)]
 pub async fn series(
     State(admin): State<Admin>,
     q: Result<Query<SeriesQuery>, QueryRejection>,
@@ -86,15 +126,24 @@ pub async fn series(
     )
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct SessionsQuery {
+    /// Text to search for.
     q: Option<String>,
+    /// Only this key id ('' is the key id when auth is off).
     key: Option<String>,
+    /// A date (YYYY-MM-DD) or an RFC 3339 time.
     from: Option<String>,
+    /// A date (YYYY-MM-DD, the whole day included) or an RFC 3339 time.
     to: Option<String>,
+    /// any, positive, negative or none.
     rewarded: Option<String>,
+    /// yes or no.
     corrected: Option<String>,
+    #[param(minimum = 1, maximum = 500, default = 50)]
     limit: Option<i64>,
+    #[param(minimum = 0, default = 0)]
     offset: Option<i64>,
 }
 
@@ -123,6 +172,19 @@ fn non_empty(text: Option<String>) -> Option<String> {
     text.filter(|t| !t.trim().is_empty())
 }
 
+#[utoipa::path(
+    get,
+    path = "/admin/api/sessions",
+    tag = "admin",
+    operation_id = "admin_sessions",
+    summary = "Every key's sessions, filtered and paged",
+    params(SessionsQuery),
+    responses(
+        (status = 200, description = "A page of sessions", body = Object),
+        BadRequest, Denied, Unavailable,
+    ),
+    security(("admin_token" = []), ("admin_cookie" = []))
+)]
 pub async fn sessions(
     State(admin): State<Admin>,
     q: Result<Query<SessionsQuery>, QueryRejection>,
@@ -185,6 +247,19 @@ pub async fn sessions(
     Ok(Json(page).into_response())
 }
 
+#[utoipa::path(
+    get,
+    path = "/admin/api/sessions/{pk}",
+    tag = "admin",
+    operation_id = "admin_session_timeline",
+    summary = "A session's timeline: turns, next states, feedback, judgements",
+    params(("pk" = i64, Path, description = "The session's row id")),
+    responses(
+        (status = 200, description = "The timeline", body = Object),
+        Denied, NotFound, Unavailable,
+    ),
+    security(("admin_token" = []), ("admin_cookie" = []))
+)]
 pub async fn timeline(
     State(admin): State<Admin>,
     Path(pk): Path<String>,
@@ -208,11 +283,26 @@ pub async fn timeline(
     }
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct StepsQuery {
+    #[param(minimum = 1, maximum = 5000, default = 500)]
     limit: Option<i64>,
 }
 
+#[utoipa::path(
+    get,
+    path = "/admin/api/steps",
+    tag = "admin",
+    operation_id = "admin_steps",
+    summary = "Training steps and their metrics",
+    params(StepsQuery),
+    responses(
+        (status = 200, description = "The steps", body = List),
+        BadRequest, Denied, Unavailable,
+    ),
+    security(("admin_token" = []), ("admin_cookie" = []))
+)]
 pub async fn steps(
     State(admin): State<Admin>,
     q: Result<Query<StepsQuery>, QueryRejection>,
@@ -232,6 +322,15 @@ pub async fn steps(
     Ok(Json(json!({"object": "list", "data": steps})).into_response())
 }
 
+#[utoipa::path(
+    get,
+    path = "/admin/api/versions",
+    tag = "admin",
+    operation_id = "admin_versions",
+    summary = "Policy versions: promoted, rejected, serving",
+    responses((status = 200, description = "The versions", body = List), Denied, Unavailable),
+    security(("admin_token" = []), ("admin_cookie" = []))
+)]
 pub async fn versions(State(admin): State<Admin>) -> Result<Response, ApiError> {
     let versions = admin
         .store
@@ -241,6 +340,19 @@ pub async fn versions(State(admin): State<Admin>) -> Result<Response, ApiError> 
     Ok(Json(json!({"object": "list", "data": versions})).into_response())
 }
 
+#[utoipa::path(
+    get,
+    path = "/admin/api/learner",
+    tag = "admin",
+    operation_id = "admin_learner",
+    summary = "The learner's status",
+    responses(
+        (status = 200, description = "The learner", body = LearnerStatus),
+        Denied,
+        (status = 503, description = "The learner did not answer", body = ErrorEnvelope),
+    ),
+    security(("admin_token" = []), ("admin_cookie" = []))
+)]
 pub async fn learner(State(admin): State<Admin>) -> Result<Response, ApiError> {
     let status = match &admin.control {
         None => LearnerStatus::off(),
