@@ -7,4 +7,6 @@ fn main() {
     // Lets libtorch's MKL find our `mkl_serv_intel_cpu_true` (src/model/cpu.rs).
     println!("cargo:rustc-link-arg=-Wl,--export-dynamic-symbol=mkl_serv_intel_cpu_true");
     println!("cargo:rerun-if-changed=build.rs");
+    // sqlx::migrate!() embeds migrations/: a new .sql file alone must rebuild.
+    println!("cargo:rerun-if-changed=migrations");
 }

@@ -22,7 +22,7 @@ use super::auth::authenticate;
 use super::error::ApiError;
 use super::extract::BodyLimit;
 use super::state::AppState;
-use super::{chat, completions, feedback, metrics, models, openapi, sessions};
+use super::{chat, completions, feedback, metrics, models, openapi, responses, sessions};
 use crate::store::Store;
 
 /// The built-in routes, one line per handler module. A module's `router()` may return an
@@ -35,8 +35,7 @@ fn builtin_routes() -> OpenApiRouter<AppState> {
         .merge(completions::router())
         .merge(models::router())
         .merge(openapi::router())
-    // POST /v1/responses, GET and DELETE /v1/responses/{id}, once src/api/responses/ is
-    // declared in src/api/mod.rs: `.merge(responses::router().into())`.
+        .merge(responses::router().into())
 }
 
 /// The routes that need the store: /v1/feedback, /v1/sessions, and the admin API and

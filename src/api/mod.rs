@@ -32,3 +32,4 @@ pub use shutdown::ShutdownHooks;
 pub use state::{AppState, ReadinessProbe, ServerConfig, DEFAULT_MAX_BODY_BYTES};
 pub mod feedback;
 pub mod sessions;
+pub mod responses;

@@ -338,10 +338,17 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             .with_control(learner.clone());
         tracing::info!(dashboard = admin.auth.describe(), "admin dashboard at /dashboard");
         let routes = crate::api::app::store_routes(&store, admin);
+        // Stored Responses (`previous_response_id`, GET /v1/responses/{id}) outlive restarts.
+        let responses = crate::store::responses::ResponseStore::persistent(&store);
+        let responses_layer = axum::Extension(responses.clone());
         let gauges = tokio::spawn(publish_store_gauges(store.clone()));
         let hooks = ShutdownHooks::new();
         // Registered first so that the trainer's last step is recorded before the store closes.
         hooks.add("learner", move || Box::pin(async move { learner.shutdown().await }));
+        // Before the turn store: Store::shutdown closes the pool the response writer uses.
+        hooks.add("response store", move || {
+            Box::pin(async move { responses.shutdown().await })
+        });
         hooks.add("turn store", move || {
             Box::pin(async move {
                 gauges.abort();
@@ -358,7 +365,8 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             shutdown_signal().await;
             let _ = stopping.send(true);
         };
-        serve(listener, app_with_routes(state, routes), hooks, signal)
+        let app = app_with_routes(state, routes).layer(responses_layer);
+        serve(listener, app, hooks, signal)
             .await
             .context("serving HTTP")
     })

@@ -18,6 +18,8 @@ pub mod learner_queries;
 pub mod ops;
 pub mod queries;
 pub mod reads;
+pub mod responses;
+pub mod responses_db;
 pub mod views;
 pub mod writer;
 

@@ -278,6 +278,12 @@ macro_rules! backend_queries {
 
             /// Deletes a key's session; turns and everything derived from them cascade.
             pub async fn delete_session(pool: &Pool, key: &str, session_id: &str) -> Result<bool, sqlx::Error> {
+                // Stored Responses of the session replay its conversation: they go with it.
+                sqlx::query("DELETE FROM responses WHERE key_id = $1 AND session_id = $2")
+                    .bind(key)
+                    .bind(session_id)
+                    .execute(pool)
+                    .await?;
                 let result = sqlx::query("DELETE FROM sessions WHERE key_id = $1 AND session_id = $2")
                     .bind(key)
                     .bind(session_id)
