@@ -12,7 +12,6 @@ use api_support::*;
 use axum::body::Body;
 use axum::http::{Method, Request};
 use axum::{Extension, Router};
-use hindsight::api::responses;
 use hindsight::api::testing::{FakeBackend, FakeConfig, FakeReply};
 use hindsight::api::{app_with_routes, ApiKeys, AppState};
 use hindsight::store::responses::ResponseStore;
@@ -25,21 +24,11 @@ struct App {
     sink: Arc<RecordingSink>,
 }
 
-/// `app_with_routes(state, extra)` serving the Responses routes on `store` (None: the routes'
-/// own in-memory store). Until src/api/app.rs serves `responses::router()` itself they are
-/// added here; after, the store comes in as an outer extension, as `hindsight serve` does it.
+/// `app_with_routes(state, extra)`, which serves the Responses routes itself, on `store` (None:
+/// the routes' own in-memory store), which comes in as an outer extension as `hindsight serve`
+/// does it.
 async fn with_responses(state: AppState, store: Option<ResponseStore>, extra: Router) -> Router {
-    let probe = get(
-        &hindsight::api::app(state.clone().with_keys(ApiKeys::default())),
-        "/v1/responses/resp_probe",
-    )
-    .await;
-    let router = if probe.text.contains("Invalid URL") {
-        let routes = responses::router().with_state(state.clone()).merge(extra);
-        app_with_routes(state, routes)
-    } else {
-        app_with_routes(state, extra)
-    };
+    let router = app_with_routes(state, extra);
     match store {
         Some(store) => router.layer(Extension(store)),
         None => router,

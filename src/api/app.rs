@@ -35,7 +35,7 @@ fn builtin_routes() -> OpenApiRouter<AppState> {
         .merge(completions::router())
         .merge(models::router())
         .merge(openapi::router())
-        .merge(responses::router().into())
+        .merge(responses::router())
 }
 
 /// The routes that need the store: /v1/feedback, /v1/sessions, and the admin API and

@@ -10,6 +10,7 @@
 pub mod input;
 pub mod output;
 pub mod request;
+pub mod schema;
 pub mod stream;
 
 use std::time::Instant;
@@ -18,13 +19,15 @@ use axum::extract::{Path, Request, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
-use axum::{Extension, Json, Router};
+use axum::{Extension, Json};
 use serde_json::{json, Value};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 use self::input::{input_messages, responses_param, text_format, tool_choice, tools, Messages};
 use self::output::{Echo, OutputBuilder};
 use self::request::CreateResponseRequest;
+use self::schema::{DeletedResponse, ResponseObject, ResponseStreamEvent};
 use self::stream::{Finish, Save};
 use super::caller::Caller;
 use super::convert::prepare_chat;
@@ -32,6 +35,9 @@ use super::dto::ChatCompletionRequest;
 use super::error::ApiError;
 use super::extract::OpenAiJson;
 use super::generation::{submit_all, ChoiceState};
+use super::openapi::{
+    BadRequest, NotFound, PayloadTooLarge, ServerError, TooManyRequests, Unauthorized, Unavailable,
+};
 use super::turn_record::{SessionHeaders, TurnContext};
 use super::AppState;
 use crate::store::responses::ResponseStore;
@@ -41,7 +47,7 @@ use crate::store::StoreError;
 /// [`ResponseStore`] found in the request's extensions — `hindsight serve` puts the persistent
 /// one there with an outer `.layer(Extension(store))` — or else in this router's own
 /// in-memory store (tests, or a server without a database).
-pub fn router() -> Router<AppState> {
+pub fn router() -> OpenApiRouter<AppState> {
     let fallback = ResponseStore::in_memory();
     routes().layer(middleware::from_fn(
         move |mut request: Request, next: Next| {
@@ -54,14 +60,14 @@ pub fn router() -> Router<AppState> {
 }
 
 /// The same routes, always on `store`.
-pub fn router_with(store: ResponseStore) -> Router<AppState> {
+pub fn router_with(store: ResponseStore) -> OpenApiRouter<AppState> {
     routes().layer(Extension(store))
 }
 
-fn routes() -> Router<AppState> {
-    Router::new()
-        .route("/v1/responses", post(create))
-        .route("/v1/responses/{id}", get(retrieve).delete(remove))
+fn routes() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(create))
+        .routes(routes!(retrieve, remove))
 }
 
 fn key_of(caller: &Caller) -> String {
@@ -101,6 +107,21 @@ fn renamed(mut err: ApiError, sources: &[String]) -> ApiError {
     err
 }
 
+#[utoipa::path(
+    get,
+    path = "/v1/responses/{id}",
+    tag = "responses",
+    operation_id = "get_response",
+    summary = "Retrieve a stored response",
+    params(("id" = String, Path, description = "The response id (`resp_...`)")),
+    responses(
+        (status = 200, description = "The response object", body = ResponseObject),
+        Unauthorized,
+        NotFound,
+        Unavailable,
+    ),
+    security(("bearer" = []))
+)]
 async fn retrieve(
     Extension(caller): Extension<Caller>,
     Extension(responses): Extension<ResponseStore>,
@@ -116,6 +137,21 @@ async fn retrieve(
     }
 }
 
+#[utoipa::path(
+    delete,
+    path = "/v1/responses/{id}",
+    tag = "responses",
+    operation_id = "delete_response",
+    summary = "Delete a stored response",
+    params(("id" = String, Path, description = "The response id (`resp_...`)")),
+    responses(
+        (status = 200, description = "The response was deleted", body = DeletedResponse),
+        Unauthorized,
+        NotFound,
+        Unavailable,
+    ),
+    security(("bearer" = []))
+)]
 async fn remove(
     Extension(caller): Extension<Caller>,
     Extension(responses): Extension<ResponseStore>,
@@ -139,6 +175,25 @@ fn continues_a_conversation(messages: &[Value]) -> bool {
 }
 
 /// POST /v1/responses.
+#[utoipa::path(
+    post,
+    path = "/v1/responses",
+    tag = "responses",
+    operation_id = "create_response",
+    summary = "Create a response",
+    request_body = CreateResponseRequest,
+    responses(
+        (status = 200, description = "The response object, or with `stream: true` a \
+            text/event-stream of typed events ending with `response.completed`, \
+            `response.incomplete` or `response.failed`", content(
+            (ResponseObject = "application/json"),
+            (ResponseStreamEvent = "text/event-stream"),
+        )),
+        BadRequest, Unauthorized, NotFound, PayloadTooLarge, TooManyRequests, ServerError,
+        Unavailable,
+    ),
+    security(("bearer" = []))
+)]
 pub async fn create(
     State(state): State<AppState>,
     Extension(caller): Extension<Caller>,
@@ -307,4 +362,44 @@ pub async fn create(
     }
     let object = self::stream::collect(rx, state_of_choice, builder, echo, finish).await?;
     Ok(Json(object).into_response())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_routes_are_documented() {
+        let doc = serde_json::to_value(router().get_openapi()).unwrap();
+        let paths = &doc["paths"];
+        let create = &paths["/v1/responses"]["post"];
+        assert_eq!(create["operationId"], "create_response");
+        assert_eq!(create["tags"], json!(["responses"]));
+        assert_eq!(create["security"], json!([{"bearer": []}]));
+        let content = &create["responses"]["200"]["content"];
+        assert_eq!(
+            content["application/json"]["schema"]["$ref"],
+            "#/components/schemas/ResponseObject"
+        );
+        assert_eq!(
+            content["text/event-stream"]["schema"]["$ref"],
+            "#/components/schemas/ResponseStreamEvent"
+        );
+        assert_eq!(
+            create["requestBody"]["content"]["application/json"]["schema"]["$ref"],
+            "#/components/schemas/CreateResponseRequest"
+        );
+        for (method, id) in [("get", "get_response"), ("delete", "delete_response")] {
+            let op = &paths["/v1/responses/{id}"][method];
+            assert_eq!(op["operationId"], id);
+            assert_eq!(op["parameters"][0]["name"], "id");
+            assert_eq!(op["parameters"][0]["in"], "path");
+            assert!(op["responses"]["401"].is_object());
+        }
+        assert!(create["responses"]["401"].is_object());
+        let schemas = &doc["components"]["schemas"];
+        for name in ["ResponseInput", "ResponseToolChoice", "DeletedResponse"] {
+            assert!(schemas[name].is_object(), "{name}");
+        }
+    }
 }

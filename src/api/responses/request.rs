@@ -5,7 +5,9 @@
 
 use serde::Deserialize;
 use serde_json::{json, Map, Value};
+use utoipa::ToSchema;
 
+use super::schema::{ResponseInput, ResponseToolChoice};
 use crate::api::error::ApiError;
 use crate::api::extract::parse_json;
 
@@ -14,26 +16,39 @@ pub const MAX_METADATA_KEYS: usize = 16;
 pub const MAX_METADATA_KEY_CHARS: usize = 64;
 pub const MAX_METADATA_VALUE_CHARS: usize = 512;
 
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize, ToSchema)]
 pub struct CreateResponseRequest {
     pub model: String,
+    #[schema(value_type = ResponseInput)]
     pub input: Option<Value>,
     pub instructions: Option<String>,
     pub previous_response_id: Option<String>,
     pub store: Option<bool>,
     pub stream: Option<bool>,
     pub stream_options: Option<StreamOptions>,
+    #[schema(minimum = 0.0, maximum = 2.0)]
     pub temperature: Option<f32>,
+    #[schema(minimum = 0.0, maximum = 1.0)]
     pub top_p: Option<f32>,
+    #[schema(minimum = 1)]
     pub max_output_tokens: Option<u32>,
+    /// Function tools: `{"type": "function", "name", "description", "parameters", "strict"}`.
+    #[schema(value_type = Option<Vec<Object>>)]
     pub tools: Option<Vec<Value>>,
+    #[schema(value_type = Option<ResponseToolChoice>)]
     pub tool_choice: Option<Value>,
     pub parallel_tool_calls: Option<bool>,
+    /// `{"format": {"type": "text" | "json_object" | "json_schema", ...}}`.
+    #[schema(value_type = Option<Object>)]
     pub text: Option<Value>,
+    /// Up to 16 string values.
+    #[schema(value_type = Option<HashMap<String, String>>)]
     pub metadata: Option<Map<String, Value>>,
     pub user: Option<String>,
     pub truncation: Option<String>,
     pub include: Option<Vec<String>>,
+    /// Not implemented: accepted only at its neutral value.
+    #[schema(value_type = Option<Object>)]
     pub reasoning: Option<Value>,
     pub service_tier: Option<String>,
     pub background: Option<bool>,
@@ -41,14 +56,19 @@ pub struct CreateResponseRequest {
     pub safety_identifier: Option<String>,
     pub top_logprobs: Option<u32>,
     pub max_tool_calls: Option<u32>,
+    /// Not implemented: accepted only at its neutral value.
+    #[schema(value_type = Option<Object>)]
     pub conversation: Option<Value>,
+    /// Not implemented: accepted only at its neutral value.
+    #[schema(value_type = Option<Object>)]
     pub prompt: Option<Value>,
     /// Hindsight extension (as on chat): links turns of one conversation.
     pub session_id: Option<String>,
 }
 
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
+#[schema(as = ResponseStreamOptions)]
 pub struct StreamOptions {
     /// Accepted; this server never pads its events.
     pub include_obfuscation: Option<bool>,
