@@ -28,7 +28,10 @@ PYEOF
 if [ "${HINDSIGHT_SETUP_MINIMAL:-0}" = 1 ]; then
   PKGS=(torch==2.13.0)
 else
-  PKGS=(torch==2.13.0 transformers gguf accelerate safetensors numpy openai peft)
+  PKGS=(torch==2.13.0 transformers gguf accelerate safetensors numpy openai peft
+    # The client suites in tests/sdk: agent frameworks on the official SDK, schema validation.
+    # (langchain-core 1.8.3: 1.8.4 needs a langchain-protocol that PyPI does not serve yet.)
+    langchain-openai==1.7.4 langchain-core==1.8.3 openai-agents==0.24.0 jsonschema==4.26.0)
 fi
 if ! want "${PKGS[@]}"; then
   echo "setup: installing python packages (torch is ~4.7 GB the first time)"

@@ -1,11 +1,21 @@
-//! The official OpenAI SDKs (Python and Node) against `hindsight serve` on the real default
-//! model, with keys and a small queue; then SIGTERM drains, and every turn is in the store.
+//! The official OpenAI SDKs (Python and Node) and the agent frameworks built on them (LangChain,
+//! the OpenAI Agents SDK) against one `hindsight serve` on the real default model, with keys and
+//! a small queue: chat completions, structured output (`response_format`, forced tool calls,
+//! `parallel_tool_calls`), `logit_bias`, and the Responses API. Then SIGTERM drains, and every
+//! turn is in the store.
+//!
+//! Every Python suite (`tests/sdk/test_*.py`) runs in one process and every Node suite in one
+//! `node --test` run, against the one server (one model load): the CI budget is tight.
 
+use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 const KEY: &str = "sk-default-model-test";
+
+/// A whole client suite gets this long; a hung client fails the test with its output so far.
+const SUITE_TIMEOUT: Duration = Duration::from_secs(30 * 60);
 
 fn repo() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
@@ -74,23 +84,61 @@ fn start_server(port: u16, db: &Path) -> Server {
     panic!("the server did not become ready");
 }
 
-fn run_suite(command: &mut Command, base_url: &str) {
-    let output = command
+/// Runs a client suite against the server. Its output is printed when it passes; a failure (or
+/// a hang past [`SUITE_TIMEOUT`]) comes back as an error carrying that output.
+fn run_suite(command: &mut Command, base_url: &str) -> Result<(), String> {
+    let started = Instant::now();
+    let mut child = command
         .current_dir(repo())
         .env("HINDSIGHT_BASE_URL", base_url)
         .env("HINDSIGHT_API_KEY", KEY)
         .env("HINDSIGHT_EXPECT_AUTH", "1")
         .env("HINDSIGHT_EXPECT_429", "1")
+        .env("PYTHONUNBUFFERED", "1")
         .env_remove("HINDSIGHT_MODEL")
-        .output()
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
         .unwrap_or_else(|err| panic!("cannot run {command:?}: {err}"));
+    let drain = |mut pipe: Box<dyn Read + Send>| {
+        std::thread::spawn(move || {
+            let mut bytes = Vec::new();
+            let _ = pipe.read_to_end(&mut bytes);
+            String::from_utf8_lossy(&bytes).into_owned()
+        })
+    };
+    let stdout = drain(Box::new(child.stdout.take().unwrap()));
+    let stderr = drain(Box::new(child.stderr.take().unwrap()));
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break Some(status);
+        }
+        if started.elapsed() > SUITE_TIMEOUT {
+            let _ = child.kill();
+            let _ = child.wait();
+            break None;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    };
     let text = format!(
         "{}\n{}",
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
+        stdout.join().unwrap_or_default(),
+        stderr.join().unwrap_or_default()
     );
-    println!("{text}");
-    assert!(output.status.success(), "{command:?} failed:\n{text}");
+    let took = started.elapsed();
+    match status {
+        None => Err(format!(
+            "{command:?} ran past {SUITE_TIMEOUT:?} and was killed:\n{text}"
+        )),
+        Some(status) if !status.success() => Err(format!(
+            "{command:?} failed ({status}) after {took:.0?}:\n{text}"
+        )),
+        Some(_) => {
+            println!("{text}\n{command:?} passed in {took:.0?}");
+            Ok(())
+        }
+    }
 }
 
 #[test]
@@ -100,14 +148,34 @@ fn official_sdks_pass_against_the_default_model_and_turns_are_kept() {
     let port = free_port();
     let mut server = start_server(port, &db);
     let base_url = format!("http://127.0.0.1:{port}/v1");
-    run_suite(
-        Command::new(repo().join(".venv/bin/python")).arg("tests/sdk/test_openai_python.py"),
+    // One Python process: the plain SDK suite, structured output and tools, logit_bias, the
+    // Responses API, LangChain and the Agents SDK (tests/sdk/test_*.py).
+    let python = run_suite(
+        Command::new(repo().join(".venv/bin/python")).args([
+            "-m",
+            "unittest",
+            "discover",
+            "-v",
+            "-s",
+            "tests/sdk",
+            "-p",
+            "test_*.py",
+        ]),
         &base_url,
     );
-    run_suite(
-        Command::new("node").args(["--test", "tests/sdk/openai_node.test.mjs"]),
+    // The Node suites, one file at a time (the rate-limit test must not overlap another file).
+    let node = run_suite(
+        Command::new("node").args([
+            "--test",
+            "--test-concurrency=1",
+            "tests/sdk/openai_node.test.mjs",
+            "tests/sdk/structured_node.test.mjs",
+        ]),
         &base_url,
     );
+    // Both suites run whatever the other's result; either failing fails the test, with its output.
+    let failures: Vec<String> = [python, node].into_iter().filter_map(Result::err).collect();
+    assert!(failures.is_empty(), "{}", failures.join("\n\n"));
 
     // SIGTERM: in-flight work finishes, the store is flushed, the process exits cleanly.
     let status = Command::new("kill")
@@ -132,6 +200,6 @@ fn official_sdks_pass_against_the_default_model_and_turns_are_kept() {
         String::from_utf8_lossy(&export.stderr)
     );
     let lines = String::from_utf8_lossy(&export.stdout).lines().count();
-    // Both suites make well over ten successful chat completions.
+    // The suites make well over ten successful chat completions.
     assert!(lines >= 10, "only {lines} turns were exported");
 }

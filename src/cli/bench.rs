@@ -4,7 +4,7 @@ use std::path::PathBuf;
 use std::time::Instant;
 
 use crate::engine::{
-    Backend, GenerateEvent, GenerateRequest, LocalEngine, SamplingParams, StopCriteria,
+    Backend, Constraint, GenerateEvent, GenerateRequest, LocalEngine, SamplingParams, StopCriteria,
 };
 
 use super::model_args::ModelArgs;
@@ -65,6 +65,13 @@ pub struct EngineArgs {
     /// Skip the HF transformers reference run.
     #[arg(long)]
     pub no_reference: bool,
+    /// Skip the constrained-decoding comparison (half the concurrent streams under a JSON
+    /// schema, against none).
+    #[arg(long)]
+    pub no_constrained: bool,
+    /// Rounds of each configuration in the constrained comparison (alternated).
+    #[arg(long, default_value_t = 3)]
+    pub constrained_rounds: usize,
 }
 
 pub fn run(args: Args) -> anyhow::Result<()> {
@@ -140,10 +147,22 @@ pub fn generate_timed(
     prompts: &[Vec<u32>],
     new_tokens: usize,
 ) -> anyhow::Result<Vec<Timing>> {
+    generate_timed_constrained(engine, prompts, new_tokens, &[])
+}
+
+/// [`generate_timed`] with prompt i under `constraints[i]` (none past the end). EOS is ignored,
+/// except where a grammar is complete: that ends its sequence.
+pub fn generate_timed_constrained(
+    engine: &LocalEngine,
+    prompts: &[Vec<u32>],
+    new_tokens: usize,
+    constraints: &[Option<Constraint>],
+) -> anyhow::Result<Vec<Timing>> {
     let start = Instant::now();
     let streams = prompts
         .iter()
-        .map(|prompt| {
+        .enumerate()
+        .map(|(i, prompt)| {
             engine.submit(GenerateRequest {
                 request_id: "bench".into(),
                 prompt_tokens: prompt.clone(),
@@ -159,7 +178,7 @@ pub fn generate_timed(
                 top_logprobs: 0,
                 adapter: Default::default(),
                 priority: Default::default(),
-                constraint: None,
+                constraint: constraints.get(i).cloned().flatten(),
             })
         })
         .collect::<Result<Vec<_>, _>>()?;

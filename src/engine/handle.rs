@@ -1,15 +1,18 @@
-//! The handle other threads hold: admission control and the channel to the serving thread.
+//! The handle other threads hold: admission control, grammar compilation (on the submitting
+//! thread, so the serving thread never compiles) and the channel to the serving thread.
 
 use std::sync::atomic::Ordering;
 use std::sync::mpsc as std_mpsc;
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
+use std::time::Duration;
 
 use tokio::sync::mpsc;
 
 use super::detokenize::Decode;
-use super::scheduler::{Command, Scheduler, SharedCounters, StepModel};
+use super::scheduler::{Command, Scheduler, SharedCounters, StepModel, Submission};
 use super::types::*;
+use crate::model::grammar::GrammarCompiler;
 
 /// Room for every event a request can produce, so the serving thread never blocks on a slow
 /// client (a token per generated token, the finish, and an error).
@@ -22,7 +25,18 @@ pub struct EngineHandle {
     counters: Arc<SharedCounters>,
     queue_capacity: usize,
     max_context: usize,
+    /// Compiles constraints; Err says why this engine has none.
+    grammar: Result<GrammarCompiler, String>,
     thread: Mutex<Option<JoinHandle<()>>>,
+}
+
+/// Grammar work so far: masks computed (beside the forward) and tokens fed to matchers.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct GrammarStats {
+    pub masks: u64,
+    pub mask_time: Duration,
+    /// Serving-thread time spent advancing matchers by the sampled tokens.
+    pub consume_time: Duration,
 }
 
 /// Static facts the serving thread reports once the model is loaded.
@@ -72,8 +86,30 @@ impl EngineHandle {
             counters,
             queue_capacity,
             max_context,
+            grammar: Err("this engine has no grammar compiler".into()),
             thread: Mutex::new(Some(thread)),
         })
+    }
+
+    /// Sets the compiler for constrained requests (or why there is none).
+    pub fn with_grammar(mut self, grammar: Result<GrammarCompiler, String>) -> Self {
+        self.grammar = grammar;
+        self
+    }
+
+    /// The compiler constraints go through (the trainer replays masks with it).
+    pub fn grammar(&self) -> Option<&GrammarCompiler> {
+        self.grammar.as_ref().ok()
+    }
+
+    pub fn grammar_stats(&self) -> GrammarStats {
+        let nanos =
+            |n: &std::sync::atomic::AtomicU64| Duration::from_nanos(n.load(Ordering::Relaxed));
+        GrammarStats {
+            masks: self.counters.grammar_masks.load(Ordering::Relaxed),
+            mask_time: nanos(&self.counters.grammar_mask_nanos),
+            consume_time: nanos(&self.counters.grammar_consume_nanos),
+        }
     }
 
     pub fn max_context(&self) -> usize {
@@ -97,13 +133,34 @@ impl EngineHandle {
                 completion: request.stop.max_tokens,
             });
         }
+        // Compiled here, on the caller's thread: a bad grammar fails at once and the serving
+        // thread only ever computes masks.
+        let grammar = match &request.constraint {
+            None => None,
+            Some(constraint) => {
+                let compiler = self.grammar.as_ref().map_err(|why| {
+                    SubmitError::UnsupportedConstraint(format!(
+                        "constrained decoding is not available: {why}"
+                    ))
+                })?;
+                let matcher = compiler
+                    .compile(constraint)
+                    .map_err(SubmitError::UnsupportedConstraint)?;
+                Some(matcher)
+            }
+        };
         let queued = self.counters.queued.fetch_add(1, Ordering::SeqCst);
         if queued >= self.queue_capacity {
             self.counters.queued.fetch_sub(1, Ordering::SeqCst);
             return Err(SubmitError::QueueFull);
         }
         let (events, stream) = mpsc::channel(event_capacity(request.stop.max_tokens));
-        if self.send(Command::Generate(request, events)).is_err() {
+        let submission = Box::new(Submission {
+            request,
+            grammar,
+            events,
+        });
+        if self.send(Command::Generate(submission)).is_err() {
             self.counters.queued.fetch_sub(1, Ordering::SeqCst);
             return Err(SubmitError::Stopped);
         }

@@ -11,6 +11,8 @@ use super::handle::{EngineHandle, LoadedModel};
 use super::scheduler::StepModel;
 use super::types::*;
 use crate::model::chat_template::ChatTemplate;
+use crate::model::config::ModelConfig;
+use crate::model::grammar::GrammarCompiler;
 use crate::model::kv_cache::KvCache;
 use crate::model::peft::AdapterSnapshot;
 use crate::model::tokenizer::TextTokenizer;
@@ -163,6 +165,11 @@ impl LocalEngine {
         let decoder: Arc<dyn Decode> = Arc::new(TokenizerDecode(Arc::clone(&tokenizer)));
         let max_batch = options.max_batch.max(1);
         let max_context = options.max_context;
+        // The grammar tokenizer's trie takes a moment: built while the model loads.
+        let grammar = {
+            let (dir, eos_tokens) = (dir.clone(), eos_tokens.clone());
+            std::thread::spawn(move || build_grammar(&dir, &eos_tokens))
+        };
         let handle = EngineHandle::spawn(
             move || {
                 let model = Transformer::load(&dir, device, kind)?;
@@ -178,6 +185,13 @@ impl LocalEngine {
             },
             options.queue_capacity,
         )?;
+        let grammar = grammar
+            .join()
+            .unwrap_or_else(|_| Err("building the grammar compiler failed".into()));
+        if let Err(err) = &grammar {
+            tracing::warn!(%err, "constrained decoding (structured output) is unavailable");
+        }
+        let handle = handle.with_grammar(grammar);
         let info = ModelInfo {
             id: options.model_name,
             context_length: handle.max_context(),
@@ -199,6 +213,18 @@ impl LocalEngine {
     pub fn tokenizer(&self) -> &TextTokenizer {
         &self.tokenizer
     }
+
+    /// Compiles constraints against this model's tokenizer (None when it could not be built).
+    pub fn grammar(&self) -> Option<&GrammarCompiler> {
+        self.handle.grammar()
+    }
+}
+
+/// The grammar compiler for a model directory, its masks as wide as the model's logits.
+fn build_grammar(dir: &std::path::Path, eos_tokens: &[u32]) -> Result<GrammarCompiler, String> {
+    let config = ModelConfig::from_dir(dir).map_err(|e| e.to_string())?;
+    GrammarCompiler::from_model_dir(dir, config.vocab_size, eos_tokens)
+        .map_err(|e| format!("{e:#}"))
 }
 
 impl Backend for LocalEngine {

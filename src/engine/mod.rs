@@ -10,6 +10,7 @@ pub mod local;
 pub use local::{EngineOptions, LocalEngine};
 pub mod detokenize;
 pub mod handle;
+pub mod masks;
 pub mod sampling;
 pub mod scheduler;
 #[cfg(test)]

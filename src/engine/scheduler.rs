@@ -1,16 +1,21 @@
 //! The serving loop: one thread owns the model and every serving tensor. Requests arrive over a
 //! channel; sequences that arrive while others decode join the next step (continuous batching),
-//! and all decoding sequences advance together in one batched forward.
+//! and all decoding sequences advance together in one batched forward. Constrained sequences
+//! carry a grammar matcher: its next-token mask is computed while the model runs
+//! (`masks::overlapped`) and applied to the sequence's logits row before sampling.
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::mpsc as std_mpsc;
 use std::sync::Arc;
+use std::time::Instant;
 
+use llguidance::Matcher;
 use tch::Tensor;
 use tokio::sync::mpsc;
 
 use super::detokenize::{Decode, IncrementalText};
+use super::masks::{overlapped, RowMask};
 use super::sampling::{sample_batch, SequenceSampler};
 use super::stop::{StopMatcher, StopOutcome};
 use super::types::*;
@@ -57,9 +62,16 @@ pub trait StepModel {
 /// version.
 pub type ModelUpdate = Box<dyn FnOnce(&mut dyn StepModel) -> Result<u64, String> + Send>;
 
+/// A request on its way to the serving thread, with its grammar compiled by the submitter.
+pub struct Submission {
+    pub request: GenerateRequest,
+    pub grammar: Option<Matcher>,
+    pub events: mpsc::Sender<GenerateEvent>,
+}
+
 /// Messages to the serving thread.
 pub enum Command {
-    Generate(GenerateRequest, mpsc::Sender<GenerateEvent>),
+    Generate(Box<Submission>),
     /// Install a new model state between steps (e.g. an adapter swap); the closure runs on the
     /// serving thread with the model, and the new policy version takes effect for new requests.
     Update(ModelUpdate),
@@ -72,6 +84,11 @@ pub struct SharedCounters {
     pub queued: AtomicUsize,
     pub active: AtomicUsize,
     pub policy_version: AtomicU64,
+    /// Grammar masks computed, and the time they took (on the mask worker, beside the forward).
+    pub grammar_masks: AtomicU64,
+    pub grammar_mask_nanos: AtomicU64,
+    /// Time the serving thread spent feeding sampled tokens to grammar matchers.
+    pub grammar_consume_nanos: AtomicU64,
 }
 
 struct Sequence {
@@ -79,6 +96,8 @@ struct Sequence {
     events: mpsc::Sender<GenerateEvent>,
     slot: usize,
     sampler: SequenceSampler,
+    /// The constraint's matcher, advanced by every sampled token.
+    grammar: Option<Matcher>,
     stop: StopMatcher,
     text: IncrementalText,
     prefilled: usize,
@@ -103,8 +122,8 @@ pub struct Scheduler<M: StepModel> {
     eos_tokens: Vec<u32>,
     max_context: usize,
     counters: Arc<SharedCounters>,
-    waiting_user: VecDeque<(GenerateRequest, mpsc::Sender<GenerateEvent>)>,
-    waiting_background: VecDeque<(GenerateRequest, mpsc::Sender<GenerateEvent>)>,
+    waiting_user: VecDeque<Submission>,
+    waiting_background: VecDeque<Submission>,
     running: Vec<Sequence>,
 }
 
@@ -161,11 +180,11 @@ impl<M: StepModel> Scheduler<M> {
     /// Returns false when the loop should stop taking commands.
     fn accept(&mut self, command: Command) -> bool {
         match command {
-            Command::Generate(request, events) => {
-                if request.priority == Priority::User {
-                    self.waiting_user.push_back((request, events));
+            Command::Generate(submission) => {
+                if submission.request.priority == Priority::User {
+                    self.waiting_user.push_back(*submission);
                 } else {
-                    self.waiting_background.push_back((request, events));
+                    self.waiting_background.push_back(*submission);
                 }
                 true
             }
@@ -214,7 +233,14 @@ impl<M: StepModel> Scheduler<M> {
                 .waiting_user
                 .pop_front()
                 .or_else(|| self.waiting_background.pop_front());
-            let Some((request, events)) = next else { break };
+            let Some(Submission {
+                request,
+                grammar,
+                events,
+            }) = next
+            else {
+                break;
+            };
             self.counters.queued.fetch_sub(1, Ordering::Relaxed);
             if events.is_closed() {
                 continue;
@@ -226,6 +252,7 @@ impl<M: StepModel> Scheduler<M> {
             let version = self.counters.policy_version.load(Ordering::SeqCst);
             self.running.push(Sequence {
                 sampler: SequenceSampler::new(request.sampling.clone()),
+                grammar,
                 stop: StopMatcher::new(&request.stop.stop_strings),
                 text: IncrementalText::default(),
                 prefilled: 0,
@@ -255,7 +282,17 @@ impl<M: StepModel> Scheduler<M> {
             let end = (seq.prefilled + budget).min(seq.request.prompt_tokens.len());
             let chunk = &seq.request.prompt_tokens[seq.prefilled..end];
             budget -= chunk.len();
-            let logits = self.model.prefill(seq.slot, chunk, seq.adapter);
+            let (slot, adapter) = (seq.slot, seq.adapter);
+            // The first token's mask is computed beside the prompt's last chunk.
+            let last_chunk = end == seq.request.prompt_tokens.len();
+            let matchers = match seq.grammar.as_mut() {
+                Some(matcher) if last_chunk => vec![(0, matcher)],
+                _ => Vec::new(),
+            };
+            let model = &mut self.model;
+            let (logits, masks) = overlapped(1, matchers, &self.counters, || {
+                model.prefill(slot, chunk, adapter)
+            });
             seq.prefilled = end;
             match logits {
                 Err(err) => {
@@ -263,7 +300,7 @@ impl<M: StepModel> Scheduler<M> {
                     finished.push(index);
                 }
                 Ok(logits) if seq.prefill_done() => {
-                    finished.extend(self.emit_batch(&[index], &logits.reshape([1, -1])));
+                    finished.extend(self.emit_batch(&[index], &logits.reshape([1, -1]), masks));
                 }
                 Ok(_) => {}
             }
@@ -285,7 +322,21 @@ impl<M: StepModel> Scheduler<M> {
             .collect();
         let adapters: Vec<Option<u64>> = ready.iter().map(|&i| self.running[i].adapter).collect();
         let mut finished = Vec::new();
-        match self.model.decode(&slots, &tokens, &adapters) {
+        // `ready` is ascending: a sequence's row is its position there.
+        let matchers: Vec<(usize, &mut Matcher)> = self
+            .running
+            .iter_mut()
+            .enumerate()
+            .filter_map(|(i, seq)| {
+                let row = ready.binary_search(&i).ok()?;
+                seq.grammar.as_mut().map(|m| (row, m))
+            })
+            .collect();
+        let model = &mut self.model;
+        let (logits, masks) = overlapped(ready.len(), matchers, &self.counters, || {
+            model.decode(&slots, &tokens, &adapters)
+        });
+        match logits {
             Err(err) => {
                 for &i in &ready {
                     let _ = self.running[i]
@@ -294,17 +345,44 @@ impl<M: StepModel> Scheduler<M> {
                     finished.push(i);
                 }
             }
-            Ok(logits) => finished.extend(self.emit_batch(&ready, &logits)),
+            Ok(logits) => finished.extend(self.emit_batch(&ready, &logits, masks)),
         }
         self.retire(finished);
     }
 
-    /// Samples one token for each listed sequence from its row of `logits` and sends it.
+    /// Samples one token for each listed sequence from its row of `logits` (masked by
+    /// `masks[row]` where the sequence has a grammar) and sends it.
     /// Returns the indices of sequences that finished.
-    fn emit_batch(&mut self, indices: &[usize], logits: &Tensor) -> Vec<usize> {
+    fn emit_batch(
+        &mut self,
+        indices: &[usize],
+        logits: &Tensor,
+        masks: Vec<RowMask>,
+    ) -> Vec<usize> {
         let top_n: Vec<usize> = indices
             .iter()
             .map(|&i| self.running[i].request.top_logprobs)
+            .collect();
+        // A row whose grammar failed is still sampled (unmasked, with the batch) but not sent.
+        let width = logits.size().last().copied().unwrap_or(0) as usize;
+        let mut failed: Vec<Option<String>> = vec![None; indices.len()];
+        let masks: Vec<Option<Vec<f32>>> = masks
+            .into_iter()
+            .enumerate()
+            .map(|(row, mask)| match mask? {
+                Ok(mask) if mask.len() == width => Some(mask),
+                Ok(mask) => {
+                    failed[row] = Some(format!(
+                        "the grammar's vocabulary ({}) does not match the model's logits ({width})",
+                        mask.len()
+                    ));
+                    None
+                }
+                Err(err) => {
+                    failed[row] = Some(err);
+                    None
+                }
+            })
             .collect();
         let sampled = {
             let mut samplers: Vec<&mut SequenceSampler> = Vec::with_capacity(indices.len());
@@ -318,11 +396,14 @@ impl<M: StepModel> Scheduler<M> {
                 rest = tail;
                 offset = i + 1;
             }
-            sample_batch(logits, &mut samplers, &top_n)
+            sample_batch(logits, &mut samplers, &top_n, &masks)
         };
         let mut finished = Vec::new();
-        for (&i, s) in indices.iter().zip(sampled) {
-            if self.deliver(i, s) {
+        for ((&i, s), failure) in indices.iter().zip(sampled).zip(failed) {
+            if let Some(err) = failure {
+                let _ = self.running[i].events.try_send(GenerateEvent::Error(err));
+                finished.push(i);
+            } else if self.deliver(i, s) {
                 finished.push(i);
             }
         }
@@ -337,6 +418,23 @@ impl<M: StepModel> Scheduler<M> {
         let is_eos = is_eos && !self.running[index].request.stop.ignore_eos;
         let seq = &mut self.running[index];
         seq.generated += 1;
+        // The grammar takes the token before anything is sent: when it is complete the sequence
+        // ends here, with no extra token.
+        let mut grammar_done = false;
+        if let Some(matcher) = seq.grammar.as_mut() {
+            let start = Instant::now();
+            let consumed = matcher.consume_token(sampled.token);
+            grammar_done = matcher.is_stopped();
+            self.counters
+                .grammar_consume_nanos
+                .fetch_add(start.elapsed().as_nanos() as u64, Ordering::Relaxed);
+            if let Err(err) = consumed {
+                let _ = seq.events.try_send(GenerateEvent::Error(format!(
+                    "constrained decoding failed: {err}"
+                )));
+                return true;
+            }
+        }
         let is_stop_token = is_eos || seq.request.stop.stop_token_ids.contains(&sampled.token);
         let (text, matched_stop) = if is_stop_token {
             (seq.stop.finish(), None)
@@ -357,7 +455,7 @@ impl<M: StepModel> Scheduler<M> {
             })
             .collect();
         let total = seq.request.prompt_tokens.len() + seq.generated;
-        let reason = if is_stop_token || matched_stop.is_some() {
+        let reason = if is_stop_token || grammar_done || matched_stop.is_some() {
             Some(FinishReason::Stop)
         } else if seq.generated >= seq.request.stop.max_tokens || total >= max_context {
             Some(FinishReason::Length)

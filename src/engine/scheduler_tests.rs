@@ -300,3 +300,175 @@ fn a_sequence_keeps_its_adapter_across_an_update_until_it_finishes() {
     });
     assert!(released, "version 0 is released with its last sequence");
 }
+
+/// The fake model's vocabulary as text: 31 one-character tokens and an EOS.
+const CHARS: &str = "{}[]\":,abcdeflnrstu0123456789-.";
+
+struct Chars;
+impl Decode for Chars {
+    fn decode(&self, tokens: &[u32]) -> String {
+        tokens
+            .iter()
+            .filter_map(|&t| CHARS.chars().nth(t as usize))
+            .collect()
+    }
+}
+
+/// A byte-level tokenizer.json for the fake model's 32 ids (31 is `<|im_end|>`).
+fn grammar_compiler() -> (tempfile::TempDir, crate::model::grammar::GrammarCompiler) {
+    assert_eq!(CHARS.chars().count(), 31);
+    let vocab: serde_json::Map<String, serde_json::Value> = CHARS
+        .chars()
+        .enumerate()
+        .map(|(i, c)| (c.to_string(), i.into()))
+        .collect();
+    let json = serde_json::json!({
+        "version": "1.0", "truncation": null, "padding": null, "normalizer": null,
+        "added_tokens": [{"id": EOS, "content": "<|im_end|>", "single_word": false,
+            "lstrip": false, "rstrip": false, "normalized": false, "special": true}],
+        "pre_tokenizer": {"type": "ByteLevel", "add_prefix_space": false, "trim_offsets": true,
+            "use_regex": true},
+        "post_processor": null,
+        "decoder": {"type": "ByteLevel", "add_prefix_space": false, "trim_offsets": true,
+            "use_regex": true},
+        "model": {"type": "BPE", "dropout": null, "unk_token": null,
+            "continuing_subword_prefix": "", "end_of_word_suffix": "", "fuse_unk": false,
+            "vocab": vocab, "merges": []},
+    });
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("tokenizer.json"), json.to_string()).unwrap();
+    let compiler =
+        crate::model::grammar::GrammarCompiler::from_model_dir(dir.path(), VOCAB as usize, &[EOS])
+            .expect("grammar compiler");
+    (dir, compiler)
+}
+
+fn grammar_engine() -> (EngineHandle, tempfile::TempDir) {
+    let (dir, compiler) = grammar_compiler();
+    let handle = EngineHandle::spawn(
+        move || {
+            Ok(LoadedModel {
+                model: Counting {
+                    free: (0..4).rev().collect(),
+                    last: vec![0; 4],
+                    probe: Probe::default(),
+                    step_delay: Duration::from_millis(2),
+                    current: 0,
+                    leased: Vec::new(),
+                },
+                decoder: Arc::new(Chars),
+                eos_tokens: vec![EOS],
+                max_context: 64,
+            })
+        },
+        8,
+    )
+    .expect("engine starts")
+    .with_grammar(Ok(compiler));
+    (handle, dir)
+}
+
+fn constrained(prompt: Vec<u32>, max_tokens: usize, constraint: Constraint) -> GenerateRequest {
+    GenerateRequest {
+        constraint: Some(constraint),
+        ..request(prompt, max_tokens)
+    }
+}
+
+#[test]
+fn a_grammar_steers_greedy_decoding_and_ends_it_when_complete() {
+    let (engine, _dir) = grammar_engine();
+    let schema = serde_json::json!({
+        "type": "object",
+        "properties": {"a": {"type": "integer", "enum": [1, 2]}},
+        "required": ["a"],
+        "additionalProperties": false,
+    });
+    // The model wants t + 1 after t; where that is forbidden every allowed token ties at 0 and
+    // the lowest id wins. The unconstrained neighbour in the same batch must not notice.
+    let json = engine
+        .submit(constrained(vec![3], 20, Constraint::JsonSchema(schema)))
+        .unwrap();
+    let plain = engine.submit(request(vec![3], 6)).unwrap();
+    let (ids, text, finish) = collect(json);
+    assert_eq!(text, r#"{"a":1}"#);
+    let finish = finish.unwrap();
+    assert_eq!(finish.reason, FinishReason::Stop);
+    assert_eq!(
+        finish.completion_tokens,
+        ids.len(),
+        "no token after the grammar completes"
+    );
+    let (ids, _, _) = collect(plain);
+    assert_eq!(ids, [4, 5, 6, 7, 8, 9]);
+
+    // EOS is allowed exactly where the grammar accepts: "-" then any number of ".".
+    let dash: u32 = 29;
+    let lark = |g: &str| Constraint::Lark(g.into());
+    let (ids, text, finish) = collect(
+        engine
+            .submit(constrained(vec![1], 10, lark(r#"start: "-" "."*"#)))
+            .unwrap(),
+    );
+    assert_eq!((ids, text.as_str()), (vec![dash, 30, EOS], "-."));
+    assert_eq!(finish.unwrap().reason, FinishReason::Stop);
+    // Here EOS (the model's favourite after ".") is forbidden until "..".
+    let (ids, text, _) = collect(
+        engine
+            .submit(constrained(vec![1], 10, lark(r#"start: "-" "." "." "#)))
+            .unwrap(),
+    );
+    assert_eq!((ids, text.as_str()), (vec![dash, 30, 30], "-.."));
+    let stats = engine.grammar_stats();
+    assert!(stats.masks >= 10, "{stats:?}");
+}
+
+#[test]
+fn logit_bias_and_forbidden_tokens_in_the_reported_logprobs() {
+    let (engine, _dir) = grammar_engine();
+    let mut req = request(vec![0], 3);
+    req.sampling.logit_bias = vec![(9, 7.0)];
+    req.top_logprobs = 2;
+    let mut stream = engine.submit(req).unwrap();
+    let mut tokens = Vec::new();
+    while let Some(GenerateEvent::Token(t)) = stream.blocking_recv() {
+        tokens.push(t);
+    }
+    assert_eq!(
+        tokens.iter().map(|t| t.token_id).collect::<Vec<_>>(),
+        [9, 9, 9]
+    );
+    // logits: 7 at the biased token, 5 at t + 1, 0 at the 30 others.
+    let total = 7f32.exp() + 5f32.exp() + 30.0;
+    assert!((tokens[1].logprob - (7.0 - total.ln())).abs() < 1e-5);
+    // A forced token has probability one among the allowed, and no alternative.
+    let mut req = constrained(vec![0], 2, Constraint::Lark(r#"start: "ab""#.into()));
+    req.top_logprobs = 3;
+    let mut stream = engine.submit(req).unwrap();
+    while let Some(GenerateEvent::Token(t)) = stream.blocking_recv() {
+        assert_eq!(t.logprob, 0.0);
+        assert_eq!(t.top_logprobs.len(), 1);
+    }
+}
+
+#[test]
+fn bad_grammars_and_engines_without_a_compiler_refuse_at_submit() {
+    let (constrained_engine, _dir) = grammar_engine();
+    let bad = constrained(
+        vec![1],
+        4,
+        Constraint::JsonSchema(serde_json::json!({"type": "array", "uniqueItems": true})),
+    );
+    match constrained_engine.submit(bad.clone()) {
+        Err(SubmitError::UnsupportedConstraint(msg)) => assert!(msg.contains("uniqueItems")),
+        other => panic!(
+            "expected UnsupportedConstraint, got {:?}",
+            other.map(|_| ())
+        ),
+    }
+    let (plain, _) = engine(1, 1, 0);
+    assert!(matches!(
+        plain.submit(bad),
+        Err(SubmitError::UnsupportedConstraint(_))
+    ));
+}

@@ -96,12 +96,10 @@ impl GrammarCompiler {
         // must not take a request thread down.
         let parser = catch_unwind(AssertUnwindSafe(|| self.factory.create_parser(grammar)))
             .map_err(|_| format!("the {what} could not be compiled: the grammar engine failed"))?
-            .map_err(|e| format!("the {what} is not supported for constrained decoding: {e}"))?;
+            .map_err(|e| format!("the {what} could not be compiled: {e}"))?;
         let matcher = Matcher::new(Ok(parser));
         match matcher.get_error() {
-            Some(e) => Err(format!(
-                "the {what} is not supported for constrained decoding: {e}"
-            )),
+            Some(e) => Err(format!("the {what} could not be compiled: {e}")),
             None => Ok(matcher),
         }
     }
