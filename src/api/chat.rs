@@ -81,6 +81,7 @@ pub async fn chat_completions(
                 prepared.parallel_tool_calls,
                 prepared.logprobs,
             )
+            .with_tool_names(prepared.tool_names())
         })
         .collect();
     let turn = TurnContext {

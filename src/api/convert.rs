@@ -33,6 +33,17 @@ pub struct PreparedChat {
     pub constraint_param: Option<&'static str>,
 }
 
+impl PreparedChat {
+    /// The names of the tools the model was offered (calls to anything else are text).
+    pub fn tool_names(&self) -> Vec<String> {
+        self.template_tools
+            .iter()
+            .flatten()
+            .filter_map(|tool| tool.pointer("/function/name")?.as_str().map(str::to_string))
+            .collect()
+    }
+}
+
 /// The one place a chat request becomes engine requests.
 pub fn prepare_chat(
     request: ChatCompletionRequest,

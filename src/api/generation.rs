@@ -90,11 +90,18 @@ impl ChoiceState {
         self.deltas(pieces)
     }
 
+    /// Only calls naming one of these tools become tool calls (see [`ToolCallStreamer`]).
+    pub fn with_tool_names(mut self, names: Vec<String>) -> Self {
+        self.tools = self.tools.map(|streamer| streamer.with_tools(names));
+        self
+    }
+
     pub fn on_finish(&mut self, finish: FinishEvent) -> Vec<ChoiceDelta> {
+        let cut = finish.reason == FinishReason::Length;
         let pieces = self
             .tools
             .as_mut()
-            .map(ToolCallStreamer::finish)
+            .map(|streamer| streamer.finish_cut(cut))
             .unwrap_or_default();
         let mut deltas = self.deltas(pieces);
         if !self.pending_tokens.is_empty() {
@@ -141,12 +148,12 @@ impl ChoiceState {
         out
     }
 
+    /// As OpenAI: `length` whenever the token budget cut the output (even after complete
+    /// calls), else `tool_calls` when the model called tools, else `stop`.
     pub fn finish_reason(&self) -> &'static str {
-        if !self.tool_calls.is_empty() {
-            return "tool_calls";
-        }
         match self.finish.as_ref().map(|f| f.reason) {
             Some(FinishReason::Length) => "length",
+            _ if !self.tool_calls.is_empty() => "tool_calls",
             _ => "stop",
         }
     }

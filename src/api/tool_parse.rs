@@ -41,6 +41,9 @@ enum Mode {
 pub struct ToolCallStreamer {
     mode: Mode,
     pending: String,
+    /// The request's tool names: a "call" naming anything else is the model's text (e.g. a
+    /// JSON answer with a "name" key). Empty: any name is accepted.
+    known: Vec<String>,
 }
 
 impl Default for ToolCallStreamer {
@@ -54,7 +57,18 @@ impl ToolCallStreamer {
         Self {
             mode: Mode::Undecided,
             pending: String::new(),
+            known: Vec::new(),
         }
+    }
+
+    /// Only calls to these tools are calls.
+    pub fn with_tools(mut self, names: Vec<String>) -> Self {
+        self.known = names;
+        self
+    }
+
+    fn known_call(&self, call: Option<ParsedToolCall>) -> Option<ParsedToolCall> {
+        call.filter(|c| self.known.is_empty() || self.known.iter().any(|name| *name == c.name))
     }
 
     pub fn push(&mut self, text: &str) -> Vec<Piece> {
@@ -66,22 +80,31 @@ impl ToolCallStreamer {
 
     /// The generation ended: everything still held back is resolved.
     pub fn finish(&mut self) -> Vec<Piece> {
+        self.finish_cut(false)
+    }
+
+    /// As [`Self::finish`]; `cut` says the token budget ended the generation, so an unfinished
+    /// `<tool_call>` block at the end is a call that never completed: markup, dropped rather
+    /// than shown as content.
+    pub fn finish_cut(&mut self, cut: bool) -> Vec<Piece> {
         let mut out = Vec::new();
         self.advance(&mut out, true);
         let rest = std::mem::take(&mut self.pending);
         match self.mode {
-            Mode::WholeJson => match parse_whole_json(&rest) {
+            Mode::WholeJson => match parse_whole_json(&rest).filter(|calls| {
+                calls
+                    .iter()
+                    .all(|call| self.known_call(Some(call.clone())).is_some())
+            }) {
                 Some(calls) => out.extend(calls.into_iter().map(Piece::Call)),
                 None => push_text(&mut out, rest),
             },
             Mode::Hermes => {
                 // A final block without its closing tag (the model stopped right after the JSON).
-                match rest
-                    .trim_start()
-                    .strip_prefix(HERMES_OPEN)
-                    .and_then(parse_call_json)
-                {
+                let opened = rest.trim_start().strip_prefix(HERMES_OPEN);
+                match self.known_call(opened.and_then(parse_call_json)) {
                     Some(call) => out.push(Piece::Call(call)),
+                    None if cut && opened.is_some() => {}
                     None => push_text(&mut out, rest),
                 }
             }
@@ -151,7 +174,7 @@ impl ToolCallStreamer {
                     };
                     let inner = &body[HERMES_OPEN.len()..close];
                     let block_end = trimmed_start + close + HERMES_CLOSE.len();
-                    match parse_call_json(inner) {
+                    match self.known_call(parse_call_json(inner)) {
                         Some(call) => {
                             out.push(Piece::Call(call));
                             self.pending.drain(..block_end);
@@ -398,5 +421,23 @@ mod tests {
         assert_eq!(streamer.push("Hello"), vec![Piece::Text("Hello".into())]);
         assert_eq!(streamer.push(" wor<to"), vec![Piece::Text(" wor".into())]);
         assert_eq!(streamer.push("p>"), vec![Piece::Text("<top>".into())]);
+    }
+
+    #[test]
+    fn only_known_tools_are_calls_and_a_cut_block_is_dropped() {
+        // A JSON answer with a "name" key is not a call to a tool named by its value.
+        let answer = r#"{"name": "Dave", "age": 30}"#;
+        let mut streamer = ToolCallStreamer::new().with_tools(vec!["lookup_age".into()]);
+        let mut pieces = streamer.push(answer);
+        pieces.extend(streamer.finish());
+        assert_eq!(pieces, vec![Piece::Text(answer.into())]);
+        // A call cut by the token budget leaves no markup behind.
+        let text =
+            "<tool_call>\n{\"name\": \"f\", \"arguments\": {}}\n</tool_call>\n<tool_call>\n{\"na";
+        let mut streamer = ToolCallStreamer::new().with_tools(vec!["f".into()]);
+        let mut pieces = streamer.push(text);
+        pieces.extend(streamer.finish_cut(true));
+        assert_eq!(pieces.len(), 1, "{pieces:?}");
+        assert!(matches!(&pieces[0], Piece::Call(call) if call.name == "f"));
     }
 }

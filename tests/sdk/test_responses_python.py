@@ -195,6 +195,17 @@ class Responses(TimedCase):
         calls = self.function_calls(named, "get_time")
         self.assertEqual(len(calls), 1)
 
+    def test_parallel_calls_allowed(self):
+        # The tiny model repeats its call until the budget ends: every complete call is an item,
+        # the response is incomplete, and no partial <tool_call> markup becomes a message.
+        response = self.create(input="What is the weather in Paris, in London and in Rome?",
+                               tools=[RESPONSES_WEATHER_TOOL], tool_choice="required", max_output_tokens=96)
+        self.assertIn(response.status, ("completed", "incomplete"))
+        calls = self.function_calls(response, "get_weather")
+        self.assertEqual(len({c.call_id for c in calls}), len(calls))
+        self.assertEqual([i.type for i in response.output], ["function_call"] * len(calls),
+                         f"only calls beside a forced call: {response.output}")
+
     def test_function_call_streamed(self):
         options = {"input": "What's the weather in Rome?", "tools": [RESPONSES_WEATHER_TOOL],
                    "tool_choice": "required", "parallel_tool_calls": False, "max_output_tokens": 128}

@@ -295,7 +295,8 @@ pub async fn create(
         trim_text,
         prepared.parallel_tool_calls,
         prepared.logprobs,
-    );
+    )
+    .with_tool_names(prepared.tool_names());
     let turn = TurnContext {
         response_id: response_id.clone(),
         endpoint: "responses",
