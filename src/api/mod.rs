@@ -31,5 +31,5 @@ pub use error::ApiError;
 pub use shutdown::ShutdownHooks;
 pub use state::{AppState, ReadinessProbe, ServerConfig, DEFAULT_MAX_BODY_BYTES};
 pub mod feedback;
-pub mod sessions;
 pub mod responses;
+pub mod sessions;

@@ -68,7 +68,7 @@ impl ToolCallStreamer {
     }
 
     fn known_call(&self, call: Option<ParsedToolCall>) -> Option<ParsedToolCall> {
-        call.filter(|c| self.known.is_empty() || self.known.iter().any(|name| *name == c.name))
+        call.filter(|c| self.known.is_empty() || self.known.contains(&c.name))
     }
 
     pub fn push(&mut self, text: &str) -> Vec<Piece> {
