@@ -87,6 +87,11 @@ impl ToolCallStreamer {
     /// `<tool_call>` block at the end is a call that never completed: markup, dropped rather
     /// than shown as content.
     pub fn finish_cut(&mut self, cut: bool) -> Vec<Piece> {
+        let tail = self.pending.trim_start();
+        if cut && self.mode == Mode::Hermes && !tail.is_empty() && HERMES_OPEN.starts_with(tail) {
+            // Cut inside the opening tag of the next call (`<tool`): markup, not prose.
+            self.pending.clear();
+        }
         let mut out = Vec::new();
         self.advance(&mut out, true);
         let rest = std::mem::take(&mut self.pending);
@@ -439,5 +444,11 @@ mod tests {
         pieces.extend(streamer.finish_cut(true));
         assert_eq!(pieces.len(), 1, "{pieces:?}");
         assert!(matches!(&pieces[0], Piece::Call(call) if call.name == "f"));
+        // ...also when the budget ends inside the next opening tag.
+        let text = "<tool_call>\n{\"name\": \"f\", \"arguments\": {}}\n</tool_call>\n<tool";
+        let mut streamer = ToolCallStreamer::new().with_tools(vec!["f".into()]);
+        let mut pieces = streamer.push(text);
+        pieces.extend(streamer.finish_cut(true));
+        assert_eq!(pieces.len(), 1, "{pieces:?}");
     }
 }
