@@ -26,7 +26,7 @@ use super::openapi::schemas::{fixed, PromptInput, SessionHeaderParams, Stop};
 use super::openapi::{
     BadRequest, NotFound, PayloadTooLarge, ServerError, TooManyRequests, Unauthorized,
 };
-use super::params::{check_model, completion_budget, Generation, SamplingFields};
+use super::params::{check_model, completion_budget, sampling_fields, Generation};
 use super::state::AppState;
 use super::turn_record::{SessionHeaders, TurnContext};
 use crate::engine::TokenEvent;
@@ -186,21 +186,7 @@ pub async fn completions(
     let backend = state.backend.as_ref();
     let info = backend.info();
     check_model(&request.model, info)?;
-    let generation = Generation::parse(
-        SamplingFields {
-            temperature: request.temperature,
-            top_p: request.top_p,
-            seed: request.seed,
-            presence_penalty: request.presence_penalty,
-            frequency_penalty: request.frequency_penalty,
-            logit_bias: request.logit_bias.as_ref(),
-            n: request.n,
-            stop: request.stop.as_ref(),
-            stream: request.stream,
-            stream_options: request.stream_options.as_ref(),
-        },
-        info,
-    )?;
+    let generation = Generation::parse(sampling_fields!(request), info)?;
     let n = generation.n;
     if request.best_of.is_some_and(|best_of| best_of as usize != n) {
         return Err(ApiError::invalid_param(

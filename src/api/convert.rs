@@ -7,7 +7,7 @@ use serde_json::{json, Value};
 
 use super::dto::ChatCompletionRequest;
 use super::error::ApiError;
-use super::params::{check_model, completion_budget, Generation, SamplingFields};
+use super::params::{check_model, completion_budget, sampling_fields, Generation};
 use super::structured::{output_constraint, tool_mode, ToolMode};
 use crate::engine::{Backend, GenerateRequest};
 
@@ -52,21 +52,7 @@ pub fn prepare_chat(
 ) -> Result<PreparedChat, ApiError> {
     let info = backend.info();
     check_model(&request.model, info)?;
-    let generation = Generation::parse(
-        SamplingFields {
-            temperature: request.temperature,
-            top_p: request.top_p,
-            seed: request.seed,
-            presence_penalty: request.presence_penalty,
-            frequency_penalty: request.frequency_penalty,
-            logit_bias: request.logit_bias.as_ref(),
-            n: request.n,
-            stop: request.stop.as_ref(),
-            stream: request.stream,
-            stream_options: request.stream_options.as_ref(),
-        },
-        info,
-    )?;
+    let generation = Generation::parse(sampling_fields!(request), info)?;
     let logprobs = request.logprobs.unwrap_or(false);
     let top_logprobs = match request.top_logprobs {
         Some(k) if k > MAX_TOP_LOGPROBS => {

@@ -32,6 +32,25 @@ pub struct SamplingFields<'a> {
     pub stream_options: Option<&'a StreamOptions>,
 }
 
+/// [`SamplingFields`] of a request type whose fields carry OpenAI's names (chat, completions).
+macro_rules! sampling_fields {
+    ($request:expr) => {
+        $crate::api::params::SamplingFields {
+            temperature: $request.temperature,
+            top_p: $request.top_p,
+            seed: $request.seed,
+            presence_penalty: $request.presence_penalty,
+            frequency_penalty: $request.frequency_penalty,
+            logit_bias: $request.logit_bias.as_ref(),
+            n: $request.n,
+            stop: $request.stop.as_ref(),
+            stream: $request.stream,
+            stream_options: $request.stream_options.as_ref(),
+        }
+    };
+}
+pub(crate) use sampling_fields;
+
 /// Validated generation settings shared by every endpoint.
 #[derive(Debug, Clone)]
 pub struct Generation {
