@@ -51,4 +51,45 @@ if [ "${HINDSIGHT_SETUP_NODE:-1}" = 1 ] && [ -f package.json ]; then
     npm install --no-audit --no-fund --silent
   fi
 fi
+# OpenClaw, for its end-to-end test (tests/sdk_default_model.rs). It needs Node >= 24.16, newer
+# than the machine's node may be, so both come from the npm registry into .tools/ (git-ignored),
+# leaving the node on PATH alone: the node-linux-<arch> package ships the node binary, and
+# .tools/bin/openclaw runs OpenClaw on it. About 30 s and 650 MB the first time.
+NODE24_VERSION=24.22.3
+OPENCLAW_VERSION=2026.9.6
+if [ "${HINDSIGHT_SETUP_MINIMAL:-0}" != 1 ] && [ "${HINDSIGHT_SETUP_NODE:-1}" = 1 ] \
+  && [ "${HINDSIGHT_SETUP_OPENCLAW:-1}" = 1 ]; then
+  TOOLS="$ROOT/.tools"
+  case "$(uname -m)" in
+    x86_64 | amd64) NODE_ARCH=x64 ;;
+    aarch64 | arm64) NODE_ARCH=arm64 ;;
+    *) NODE_ARCH=$(uname -m) ;;
+  esac
+  NODE24_BIN="$TOOLS/node24/node_modules/node-linux-$NODE_ARCH/bin"
+  if [ "$("$NODE24_BIN/node" --version 2>/dev/null)" != "v$NODE24_VERSION" ]; then
+    echo "setup: installing node $NODE24_VERSION (npm node-linux-$NODE_ARCH) into $TOOLS/node24"
+    npm install --prefix "$TOOLS/node24" --no-save --no-audit --no-fund --silent \
+      "node-linux-$NODE_ARCH@$NODE24_VERSION"
+  fi
+  OPENCLAW_PKG="$TOOLS/openclaw/node_modules/openclaw"
+  have_openclaw=$("$NODE24_BIN/node" -p "require('$OPENCLAW_PKG/package.json').version" 2>/dev/null || true)
+  if [ "$have_openclaw" != "$OPENCLAW_VERSION" ]; then
+    echo "setup: installing openclaw $OPENCLAW_VERSION into $TOOLS/openclaw"
+    # npm runs on the node first on PATH: OpenClaw's install scripts check for node 24.
+    PATH="$NODE24_BIN:$PATH" npm install --prefix "$TOOLS/openclaw" --no-save --no-audit \
+      --no-fund --silent "openclaw@$OPENCLAW_VERSION"
+  fi
+  mkdir -p "$TOOLS/bin"
+  ln -sfn "$NODE24_BIN/node" "$TOOLS/bin/node24"
+  cat > "$TOOLS/bin/openclaw.new" <<EOF
+#!/bin/sh
+# OpenClaw $OPENCLAW_VERSION on node $NODE24_VERSION (written by scripts/setup.sh).
+TOOLS=\$(cd "\$(dirname "\$0")/.." && pwd)
+PATH="\$TOOLS/node24/node_modules/node-linux-$NODE_ARCH/bin:\$PATH"
+export PATH
+exec node "\$TOOLS/openclaw/node_modules/openclaw/openclaw.mjs" "\$@"
+EOF
+  chmod +x "$TOOLS/bin/openclaw.new"
+  mv "$TOOLS/bin/openclaw.new" "$TOOLS/bin/openclaw"
+fi
 echo "setup: done (venv: $VENV)"

@@ -216,6 +216,11 @@ async fn admin_api(db: &TestDb) {
     assert_eq!(turns[0]["samples"][0]["kind"], "both");
     assert_eq!(turns[0]["feedback"][0]["correction"], "say 4");
     assert_eq!(turns[0]["policy_version"], 3);
+    // How each turn joined the session (the second resent the first's history).
+    assert_eq!(
+        (&turns[0]["link_method"], &turns[1]["link_method"]),
+        (&json!("new"), &json!("prefix"))
+    );
     assert_envelope(
         &call(&app, "GET", "/admin/api/sessions/999999", &[BEARER], None).await,
         StatusCode::NOT_FOUND,

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use api_support::*;
 use hindsight::api::testing::{FakeConfig, FakeReply};
 use hindsight::engine::Constraint;
-use hindsight::store::TurnType;
+use hindsight::store::{LinkMethod, TurnType};
 use serde_json::{json, Value};
 
 #[tokio::test]
@@ -437,6 +437,58 @@ async fn assistant_tool_calls_and_tool_results_reach_the_template() {
 }
 
 #[tokio::test]
+async fn session_hints_of_real_clients_reach_the_turn_record() {
+    let app = test_app();
+    let send = |body: Value, headers: &'static [(&'static str, &'static str)]| {
+        let router = app.router.clone();
+        async move {
+            let reply = post_raw(&router, "/v1/chat/completions", body.to_string(), headers).await;
+            assert_eq!(reply.status.as_u16(), 200, "{}", reply.text);
+        }
+    };
+    let mut body = chat("hi");
+    body["prompt_cache_key"] = json!("pck");
+    body["metadata"] = json!({"session_id": "meta", "conversation_id": "conv"});
+    body["user"] = json!("ann");
+    // OpenClaw's headers outrank the body's weaker hints; its traceparent is ignored.
+    send(
+        body.clone(),
+        &[("session_id", "oc-1"), ("traceparent", "00-ab-cd-01")],
+    )
+    .await;
+    send(body.clone(), &[("x-session-affinity", "oc-2")]).await;
+    send(body.clone(), &[]).await;
+    body["prompt_cache_key"] = Value::Null;
+    send(body.clone(), &[]).await;
+    body["metadata"] = json!({"conversation_id": "conv"});
+    send(body.clone(), &[]).await;
+    body["metadata"] = json!({"session_id": 7});
+    send(body.clone(), &[]).await;
+    body["session_id"] = json!("explicit");
+    send(body, &[("session_id", "oc-1")]).await;
+    let seen: Vec<(Option<String>, Option<LinkMethod>, Option<String>)> = app
+        .sink
+        .turns()
+        .into_iter()
+        .map(|t| (t.session_id, t.session_source, t.user))
+        .collect();
+    let named = |id: &str, method| (Some(id.to_string()), Some(method), Some("ann".to_string()));
+    assert_eq!(
+        seen,
+        [
+            named("oc-1", LinkMethod::AffinityHeader),
+            named("oc-2", LinkMethod::AffinityHeader),
+            named("pck", LinkMethod::PromptCacheKey),
+            named("meta", LinkMethod::Metadata),
+            named("conv", LinkMethod::Metadata),
+            // `user` alone never names a session.
+            (None, None, Some("ann".to_string())),
+            named("explicit", LinkMethod::Body),
+        ]
+    );
+}
+
+#[tokio::test]
 async fn session_headers_and_turn_record() {
     let app = test_app();
     let mut body = chat("remember me");
@@ -457,6 +509,7 @@ async fn session_headers_and_turn_record() {
     let turn = &app.sink.turns()[0];
     assert_eq!(turn.response_id, id);
     assert_eq!(turn.session_id.as_deref(), Some("from-header"));
+    assert_eq!(turn.session_source, Some(LinkMethod::Header));
     assert_eq!(turn.turn_type, TurnType::Side);
     assert!(turn.session_done);
     assert_eq!(turn.api_key_id, None);

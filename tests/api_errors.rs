@@ -393,6 +393,73 @@ async fn bad_session_headers_are_400() {
 }
 
 #[tokio::test]
+async fn session_ids_over_256_bytes_are_refused() {
+    let app = test_app();
+    let long = "s".repeat(257);
+    let fits = "s".repeat(256);
+    for (name, header) in [
+        ("X-Session-Id", "x-session-id"),
+        ("session_id", "session_id"),
+        ("x-session-affinity", "x-session-affinity"),
+    ] {
+        let reply = post_raw(
+            &app.router,
+            "/v1/chat/completions",
+            chat("hi").to_string(),
+            &[(header, long.as_str())],
+        )
+        .await;
+        reply.assert_error(400, INVALID, Some("invalid_value"), Some(name));
+        let reply = post_raw(
+            &app.router,
+            "/v1/chat/completions",
+            chat("hi").to_string(),
+            &[(header, fits.as_str())],
+        )
+        .await;
+        assert_eq!(reply.status.as_u16(), 200, "{}", reply.text);
+    }
+    let fields = [
+        ("session_id", json!(long), "session_id"),
+        ("prompt_cache_key", json!(long), "prompt_cache_key"),
+        (
+            "metadata",
+            json!({"session_id": long}),
+            "metadata.session_id",
+        ),
+        (
+            "metadata",
+            json!({"conversation_id": long}),
+            "metadata.conversation_id",
+        ),
+        ("user", json!(long), "user"),
+    ];
+    for (field, value, param) in fields {
+        let mut body = chat("hi");
+        body[field] = value;
+        let reply = post(&app.router, "/v1/chat/completions", body).await;
+        reply.assert_error(400, INVALID, Some("invalid_value"), Some(param));
+    }
+    // Legacy completions and the Responses API apply the same cap.
+    let body = json!({"model": "fake-model", "prompt": "hi", "session_id": long});
+    post(&app.router, "/v1/completions", body)
+        .await
+        .assert_error(400, INVALID, Some("invalid_value"), Some("session_id"));
+    let body = json!({"model": "fake-model", "input": "hi", "prompt_cache_key": long});
+    post(&app.router, "/v1/responses", body).await.assert_error(
+        400,
+        INVALID,
+        Some("invalid_value"),
+        Some("prompt_cache_key"),
+    );
+    assert!(
+        app.sink.turns().len() == 3,
+        "only the 256-byte ids were served"
+    );
+    assert_still_serving(&app.router).await;
+}
+
+#[tokio::test]
 async fn legacy_completion_bad_inputs() {
     let app = test_app();
     let base = json!({"model": "fake-model", "prompt": "hi"});

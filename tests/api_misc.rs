@@ -28,7 +28,8 @@ async fn models_list_and_get() {
     assert_eq!(list["object"], "list");
     assert_eq!(
         list["data"],
-        json!([{"id": "fake-model", "object": "model", "created": 1_700_000_000, "owned_by": "hindsight"}])
+        json!([{"id": "fake-model", "object": "model", "created": 1_700_000_000, "owned_by": "hindsight",
+                "context_length": 4096, "max_model_len": 4096}])
     );
     let one = get(&app.router, "/v1/models/fake-model").await.json();
     assert_eq!(one, list["data"][0]);

@@ -198,3 +198,102 @@ fn adapters_per_row_in_the_fused_step_equal_the_tensor_path() {
         assert!(moved(2) < 1e-6, "row 2 (base) moved by {}", moved(2));
     }
 }
+
+/// Logits of prefilling `prompt` in a fresh cache, in one chunk.
+fn fresh_prefill(model: &Transformer, prompt: &[u32]) -> Tensor {
+    let mut cache = model.new_cache(1, 8);
+    let slot = cache.alloc().unwrap();
+    model.prefill(&mut cache, slot, prompt, None).unwrap()
+}
+
+fn assert_close(label: &str, got: &Tensor, want: &Tensor) {
+    let diff = (got - want).abs().max().double_value(&[]);
+    eprintln!("{label}: max |Δ logit| = {diff:.2e}");
+    assert!(diff < 1e-3, "{label}: max |Δ logit| = {diff}");
+}
+
+#[test]
+fn prefix_cache_continues_and_shares_sequences_exactly() {
+    let _guard = tch::no_grad_guard();
+    let model =
+        Transformer::load(&fixtures::model_dir("smollm2"), Device::Cpu, Kind::Float).unwrap();
+    let vocab = model.config().vocab_size as u32;
+    let mut cache = model.new_cache(2, 8);
+    cache.set_prefix_budget(1 << 30);
+    // Turn 1: a 100-token prompt, prefilled in chunks, then 5 decoded tokens.
+    let prompt: Vec<u32> = (0..100).map(|i| (i * 37 + 11) % vocab).collect();
+    let slot = cache.alloc().unwrap();
+    assert_eq!(
+        cache.reuse_prefix(slot, &prompt, None),
+        0,
+        "an empty cache has nothing"
+    );
+    for chunk in prompt.chunks(32) {
+        let _ = model.prefill(&mut cache, slot, chunk, None).unwrap();
+    }
+    let mut fed = prompt.clone();
+    for step in 0..5u32 {
+        let token = (step * 101 + 7) % vocab;
+        let _ = model
+            .decode(&mut cache, &[slot], &[token], &[None])
+            .unwrap();
+        fed.push(token);
+    }
+    assert_eq!(cache.len(slot), 105);
+    assert!(
+        cache.capacity(slot) >= 105,
+        "the slot grew with its sequence"
+    );
+    cache.free_keeping(slot, &fed, None);
+    assert_eq!(cache.prefix_stats().entries, 1);
+
+    // Another adapter's request cannot use the base's keys and values.
+    let slot = cache.alloc().unwrap();
+    assert_eq!(cache.reuse_prefix(slot, &fed, Some(3)), 0);
+    cache.free(slot);
+
+    // Turn 2 continues turn 1: it takes the cached sequence over and prefills only its tail.
+    let mut turn2 = fed.clone();
+    turn2.extend((0..20).map(|i| (i * 53 + 3) % vocab));
+    let slot = cache.alloc().unwrap();
+    assert_eq!(cache.reuse_prefix(slot, &turn2, None), 105);
+    assert_eq!(
+        cache.prefix_stats().entries,
+        0,
+        "a continued sequence is taken, not copied"
+    );
+    let got = model
+        .prefill(&mut cache, slot, &turn2[105..], None)
+        .unwrap();
+    assert_close("continued", &got, &fresh_prefill(&model, &turn2));
+    // Decoding on after the reused prefix equals decoding after a full prefill.
+    let mut full = model.new_cache(1, 8);
+    let full_slot = full.alloc().unwrap();
+    let _ = model.prefill(&mut full, full_slot, &turn2, None).unwrap();
+    let a = model.decode(&mut cache, &[slot], &[42], &[None]).unwrap();
+    let b = model
+        .decode(&mut full, &[full_slot], &[42], &[None])
+        .unwrap();
+    assert_close("decode after reuse", &a, &b);
+    let mut kept = turn2.clone();
+    kept.push(42);
+    cache.free_keeping(slot, &kept, None);
+
+    // A request sharing only the first 30 tokens gets a copy; the entry stays for others.
+    let mut other: Vec<u32> = kept[..30].to_vec();
+    other.extend((0..10).map(|i| (i * 71 + 5) % vocab));
+    let slot = cache.alloc().unwrap();
+    assert_eq!(cache.reuse_prefix(slot, &other, None), 30);
+    assert_eq!(cache.prefix_stats().entries, 1, "a shared prefix is copied");
+    let got = model.prefill(&mut cache, slot, &other[30..], None).unwrap();
+    assert_close("shared prefix", &got, &fresh_prefill(&model, &other));
+    // The whole prompt cached: the last token is still prefilled (its logits start the reply).
+    let slot2 = cache.alloc().unwrap();
+    assert_eq!(cache.reuse_prefix(slot2, &kept[..60], None), 59);
+    let stats = cache.prefix_stats();
+    assert_eq!((stats.lookups, stats.hits), (5, 3), "{stats:?}");
+
+    // A budget smaller than an entry keeps nothing.
+    cache.set_prefix_budget(1);
+    assert_eq!(cache.prefix_stats().entries, 0);
+}

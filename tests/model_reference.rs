@@ -1,12 +1,16 @@
 //! The tch transformer against HF transformers on the same weights: SmolLM2-135M (from the
-//! bundled GGUF) and tiny random Qwen3 / Qwen2 / Llama-3 models.
+//! bundled GGUF) and tiny random Qwen3 / Qwen2 / Llama-3 models; SmolLM2 also under each rope
+//! scaling (yarn, dynamic, linear, llama3), from config.json and from `--rope-scaling`.
 
 #[path = "reference/hf_model_fixtures.rs"]
 mod fixtures;
 
 use std::sync::OnceLock;
 
+use hindsight::engine::{Backend, EngineOptions, LocalEngine};
 use hindsight::model::error::ModelError;
+use hindsight::model::overrides::ModelOverrides;
+use hindsight::model::rope::inverse_frequencies;
 use hindsight::model::transformer::Transformer;
 use serde_json::json;
 use tch::{Device, Kind, Tensor};
@@ -38,9 +42,18 @@ fn reference() -> &'static serde_json::Value {
             }
             spec
         };
+        let rope = json!({
+            "text": include_str!("../README.md"),
+            "length": ROPE_LENGTH,
+            "positions": ROPE_POSITIONS,
+            "variants": rope_variants()
+                .iter()
+                .map(|(max, params)| json!({"max_position_embeddings": max, "rope_parameters": params}))
+                .collect::<Vec<_>>(),
+        });
         let mut models = vec![with(
             "smollm2",
-            json!({"texts": TEXTS, "generate": GENERATE}),
+            json!({"texts": TEXTS, "generate": GENERATE, "rope": rope}),
         )];
         for name in TINY {
             models.push(with(name, json!({"prompts": tiny_prompts(1000)})));
@@ -347,5 +360,215 @@ fn missing_tensor_and_shape_mismatch_name_the_tensor() {
     assert!(
         text.contains(target) && text.contains("[64, 64]") && text.contains("[64, 128]"),
         "{text}"
+    );
+}
+
+/// Rope scaling tests: SmolLM2 pretends its window is 128 positions, so a 512-token prompt
+/// runs at 4 × the original window and the scaling changes nearly every frequency.
+const ROPE_ORIGINAL: usize = 128;
+const ROPE_LENGTH: usize = 4 * ROPE_ORIGINAL;
+/// Logits compared at these positions; the last four are also decoded one token at a time.
+const ROPE_POSITIONS: [usize; 8] = [127, 255, 383, 507, 508, 509, 510, 511];
+const DECODED: usize = 4;
+
+/// (max_position_embeddings, rope_parameters) of each variant, as config.json states them.
+/// Dynamic NTK: transformers recomputes the base from the current length, here 512 =
+/// original × factor, exactly the length our fixed tables are computed for, so the comparison
+/// holds at every position of the forward.
+fn rope_variants() -> Vec<(usize, serde_json::Value)> {
+    let o = ROPE_ORIGINAL;
+    vec![
+        (
+            o,
+            json!({"rope_type": "yarn", "factor": 4.0, "original_max_position_embeddings": o}),
+        ),
+        (
+            o,
+            json!({"rope_type": "yarn", "factor": 4.0, "original_max_position_embeddings": o,
+                   "beta_fast": 16.0, "beta_slow": 2.0, "truncate": false,
+                   "mscale": 1.0, "mscale_all_dim": 0.5}),
+        ),
+        (o, json!({"rope_type": "dynamic", "factor": 4.0})),
+        (o, json!({"rope_type": "linear", "factor": 4.0})),
+        (
+            4 * o,
+            json!({"rope_type": "llama3", "factor": 4.0, "low_freq_factor": 1.0,
+                   "high_freq_factor": 4.0, "original_max_position_embeddings": o}),
+        ),
+    ]
+}
+
+/// The imported SmolLM2 with its config.json changed: `max_position_embeddings` and
+/// `rope_scaling` (None: no scaling); the other files are links to the real ones.
+fn smollm2_with_config(max: usize, rope: Option<&serde_json::Value>) -> tempfile::TempDir {
+    let src = fixtures::model_dir("smollm2");
+    let dir = tempfile::tempdir().unwrap();
+    for entry in std::fs::read_dir(&src).unwrap() {
+        let path = entry.unwrap().path();
+        let name = path.file_name().unwrap();
+        if name != "config.json" {
+            std::os::unix::fs::symlink(&path, dir.path().join(name)).unwrap();
+        }
+    }
+    let text = std::fs::read_to_string(src.join("config.json")).unwrap();
+    let mut config: serde_json::Value = serde_json::from_str(&text).unwrap();
+    config["max_position_embeddings"] = json!(max);
+    if let Some(rope) = rope {
+        config["rope_scaling"] = rope.clone();
+    }
+    std::fs::write(dir.path().join("config.json"), config.to_string()).unwrap();
+    dir
+}
+
+/// max |Δ log p| between our logits and the reference's.
+fn logprob_diff(ours: &Tensor, expected: &serde_json::Value) -> f64 {
+    let expected = Tensor::from_slice(&fixtures::floats(expected)).log_softmax(-1, Kind::Float);
+    max_abs_diff(&ours.log_softmax(-1, Kind::Float), &expected)
+}
+
+/// Checks `model` against reference variant `index`: the inverse frequencies, the training
+/// path over the whole prompt, and the serving path (prefill, then decode one token at a
+/// time over the last positions). Returns the largest |Δ log p|.
+fn check_rope_variant(label: &str, model: &Transformer, index: usize) -> f64 {
+    let r = &model_ref(0)["rope"];
+    let reference = &r["variants"][index];
+    let prompt = fixtures::ids(&r["prompt"]);
+    assert_eq!(
+        model.config().max_position_embeddings,
+        ROPE_LENGTH,
+        "{label}"
+    );
+    let ours = Tensor::from_slice(&inverse_frequencies(model.config()));
+    let theirs = Tensor::from_slice(&fixtures::floats(&reference["inv_freq"]));
+    let inv_diff = ((&ours - &theirs).abs() / theirs.abs())
+        .max()
+        .double_value(&[]);
+    assert!(
+        inv_diff < 1e-6,
+        "{label}: inverse frequencies, max relative Δ = {inv_diff}"
+    );
+    let scaling = reference["attention_scaling"].as_f64().unwrap();
+    let ours_scaling = model
+        .config()
+        .rope_scaling
+        .map_or(1.0, |s| s.attention_factor());
+    assert!(
+        (ours_scaling - scaling).abs() < 1e-12,
+        "{label}: {ours_scaling} vs {scaling}"
+    );
+
+    let _guard = tch::no_grad_guard();
+    let ids: Vec<i64> = prompt.iter().map(|&t| t as i64).collect();
+    let shape = [1, ids.len() as i64];
+    let logits = model
+        .forward_logits(
+            &Tensor::from_slice(&ids).view(shape),
+            &Tensor::ones(shape, (Kind::Int64, Device::Cpu)),
+            false,
+        )
+        .unwrap()
+        .get(0);
+    let mut worst = 0f64;
+    for (k, &p) in ROPE_POSITIONS.iter().enumerate() {
+        let diff = logprob_diff(&logits.get(p as i64), &reference["logits"][k]);
+        assert!(
+            diff < 1e-3,
+            "{label} forward_logits position {p}: max |Δ log p| = {diff}"
+        );
+        worst = worst.max(diff);
+    }
+    // Serving: prefill up to the first decoded position, then one token per decode step.
+    let first = ROPE_LENGTH - DECODED;
+    let mut cache = model.new_cache(1, 64);
+    let slot = cache.alloc().unwrap();
+    let mut step = model
+        .prefill(&mut cache, slot, &prompt[..first], None)
+        .unwrap();
+    for (k, &p) in ROPE_POSITIONS
+        .iter()
+        .enumerate()
+        .skip(ROPE_POSITIONS.len() - DECODED - 1)
+    {
+        let diff = logprob_diff(&step, &reference["logits"][k]);
+        assert!(
+            diff < 1e-3,
+            "{label} serving position {p}: max |Δ log p| = {diff}"
+        );
+        worst = worst.max(diff);
+        if p + 1 < ROPE_LENGTH {
+            step = model
+                .decode(&mut cache, &[slot], &[prompt[p + 1]], &[None])
+                .unwrap()
+                .get(0);
+        }
+    }
+    eprintln!(
+        "{label}: max |Δ log p| = {worst:.2e}, inverse frequencies max relative Δ = {inv_diff:.1e}"
+    );
+    worst
+}
+
+#[test]
+fn smollm2_rope_scaling_from_config_matches_transformers() {
+    for (index, (max, rope)) in rope_variants().iter().enumerate() {
+        let dir = smollm2_with_config(*max, Some(rope));
+        let model = Transformer::load(dir.path(), Device::Cpu, Kind::Float).expect("load");
+        let label = format!("config.json {}", rope);
+        check_rope_variant(&label, &model, index);
+    }
+}
+
+#[test]
+fn smollm2_rope_scaling_flags_match_transformers() {
+    // `--rope-scaling yarn:4` / `dynamic:4` / `linear:4` on a config without scaling equal the
+    // reference's yarn / dynamic / linear variants (original = config.json's window).
+    let dir = smollm2_with_config(ROPE_ORIGINAL, None);
+    for (spec, index) in [("yarn:4", 0), ("dynamic:4", 2), ("linear:4", 3)] {
+        let overrides = ModelOverrides {
+            rope_scaling: Some(spec.parse().unwrap()),
+            max_context: None,
+        };
+        let model =
+            Transformer::load_with(dir.path(), Device::Cpu, Kind::Float, &overrides).expect("load");
+        check_rope_variant(&format!("--rope-scaling {spec}"), &model, index);
+    }
+    // `none` over a config.json with scaling serves the native window; --max-context trims it.
+    let scaled = smollm2_with_config(ROPE_ORIGINAL, Some(&rope_variants()[0].1));
+    let overrides = ModelOverrides {
+        rope_scaling: Some("none".parse().unwrap()),
+        max_context: Some(100),
+    };
+    let model =
+        Transformer::load_with(scaled.path(), Device::Cpu, Kind::Float, &overrides).unwrap();
+    assert_eq!(model.config().rope_scaling, None);
+    assert_eq!(model.config().max_position_embeddings, 100);
+    let too_long = ModelOverrides {
+        rope_scaling: None,
+        max_context: Some(ROPE_LENGTH + 1),
+    };
+    let err = Transformer::load_with(scaled.path(), Device::Cpu, Kind::Float, &too_long)
+        .err()
+        .expect("window beyond the rope");
+    assert!(err.to_string().contains("--max-context 513"), "{err}");
+}
+
+#[test]
+fn the_engine_reports_the_served_window() {
+    let dir = smollm2_with_config(ROPE_ORIGINAL, None);
+    let mut options = EngineOptions::new(dir.path().to_path_buf(), "smollm2");
+    options.overrides = ModelOverrides {
+        rope_scaling: Some("yarn:4".parse().unwrap()),
+        max_context: Some(300),
+    };
+    let engine = LocalEngine::start(options).expect("engine");
+    assert_eq!(engine.info().context_length, 300);
+    assert_eq!(
+        engine
+            .overrides()
+            .rope_scaling
+            .as_ref()
+            .unwrap()
+            .to_string(),
+        "yarn:4"
     );
 }

@@ -2,11 +2,14 @@
 
 mod store_support;
 
+use std::sync::Arc;
+
 use axum::body::Body;
 use axum::http::{Request, StatusCode};
 use axum::{Extension, Router};
 use hindsight::api::caller::Caller;
-use hindsight::api::{feedback, sessions};
+use hindsight::api::testing::{FakeBackend, FakeConfig};
+use hindsight::api::{app_with_routes, feedback, sessions, AppState};
 use hindsight::store::{Store, TurnSink};
 use serde_json::{json, Value};
 use store_support::{settle, user, Conversation, TestDb};
@@ -208,6 +211,174 @@ async fn sessions_api_and_delete(db: &TestDb) {
     store.shutdown().await;
 }
 both_backends!(session_routes, sessions_api_and_delete);
+
+/// The generation routes on the fake engine, writing to the store, plus the sessions routes.
+fn chat_app(store: &Store) -> Router {
+    let backend = Arc::new(FakeBackend::new(FakeConfig::default()));
+    let state = AppState::new(backend, Arc::new(store.clone()));
+    app_with_routes(state, sessions::openapi_router(store.clone()))
+}
+
+async fn chat_call(app: &Router, body: Value, headers: &[(&str, &str)]) -> (StatusCode, Value) {
+    let mut request = Request::builder()
+        .method("POST")
+        .uri("/v1/chat/completions")
+        .header("content-type", "application/json");
+    for (name, value) in headers {
+        request = request.header(*name, *value);
+    }
+    let response = app
+        .clone()
+        .oneshot(request.body(Body::from(body.to_string())).unwrap())
+        .await
+        .unwrap();
+    let status = response.status();
+    let bytes = axum::body::to_bytes(response.into_body(), 1 << 24)
+        .await
+        .unwrap();
+    (status, serde_json::from_slice(&bytes).unwrap())
+}
+
+fn link_methods(session: &Value) -> Vec<&str> {
+    session["turns"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["link_method"].as_str().unwrap_or("?"))
+        .collect()
+}
+
+/// An OpenClaw-like client over HTTP: no session header, a date line that changes, one
+/// `max_completion_tokens: 1` probe of the prompt size; then each hint a client may send, and
+/// the 256-byte cap.
+async fn real_client_sessions(db: &TestDb) {
+    let store = db.open().await;
+    let app = chat_app(&store);
+    let trace = [(
+        "traceparent",
+        "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+    )];
+    let system =
+        |date: &str| json!({"role": "system", "content": format!("Agent.\nCurrent date: {date}")});
+    let q1 = user("[Mon 2025-06-02 23:59] hello");
+    let body =
+        json!({"model": "fake-model", "temperature": 0, "messages": [system("2025-06-02"), q1]});
+    let (status, first) = chat_call(&app, body, &trace).await;
+    assert_eq!(status, StatusCode::OK, "{first}");
+    let reply = first["choices"][0]["message"].clone();
+    let q2 = user("[Tue 2025-06-03 00:01] and now?");
+    let messages = json!([system("2025-06-03"), q1, reply, q2]);
+    let body = json!({"model": "fake-model", "temperature": 0, "messages": messages,
+        "max_completion_tokens": 1});
+    let (status, cut) = chat_call(&app, body, &trace).await;
+    assert_eq!(
+        cut["choices"][0]["finish_reason"], "length",
+        "{status} {cut}"
+    );
+    let body = json!({"model": "fake-model", "temperature": 0, "messages": messages});
+    assert_eq!(chat_call(&app, body, &trace).await.0, StatusCode::OK);
+    settle(&store).await;
+
+    let (_, list) = call(&app, "GET", "/v1/sessions", None).await;
+    assert_eq!(list["data"].as_array().unwrap().len(), 1, "{list}");
+    let id = list["data"][0]["id"].as_str().unwrap();
+    let (_, session) = call(&app, "GET", &format!("/v1/sessions/{id}"), None).await;
+    assert_eq!(
+        link_methods(&session),
+        ["new", "history", "history"],
+        "{session}"
+    );
+    let turns = &session["turns"];
+    assert_eq!(turns[0]["next_state"][0]["content"], q2["content"]);
+    assert_eq!(
+        (&turns[1]["turn_type"], &turns[1]["side_reason"]),
+        (&json!("side"), &json!("length_cut"))
+    );
+    assert_eq!(
+        (&turns[2]["turn_type"], &turns[2]["side_reason"]),
+        (&json!("main"), &Value::Null)
+    );
+
+    // Each hint names a session and is recorded; the strongest one present wins.
+    let hinted = |extra: Value| {
+        let mut body = json!({"model": "fake-model", "temperature": 0, "messages": [user("hint")]});
+        for (k, v) in extra.as_object().unwrap() {
+            body[k] = v.clone();
+        }
+        body
+    };
+    // (body, headers, the session it names, how)
+    type Case<'a> = (Value, Vec<(&'a str, &'a str)>, &'a str, &'a str);
+    let cases: Vec<Case> = vec![
+        (
+            hinted(json!({})),
+            vec![("x-session-id", "h-header")],
+            "h-header",
+            "header",
+        ),
+        (
+            hinted(json!({"session_id": "h-body"})),
+            vec![("session_id", "h-oc")],
+            "h-body",
+            "body",
+        ),
+        (
+            hinted(json!({"prompt_cache_key": "h-pck"})),
+            vec![("session_id", "h-oc")],
+            "h-oc",
+            "affinity_header",
+        ),
+        (
+            hinted(json!({"prompt_cache_key": "h-pck"})),
+            vec![("x-session-affinity", "h-aff")],
+            "h-aff",
+            "affinity_header",
+        ),
+        (
+            hinted(json!({"prompt_cache_key": "h-pck", "metadata": {"session_id": "h-meta"}})),
+            vec![],
+            "h-pck",
+            "prompt_cache_key",
+        ),
+        (
+            hinted(json!({"metadata": {"conversation_id": "h-conv"}, "user": "ann"})),
+            vec![],
+            "h-conv",
+            "metadata",
+        ),
+    ];
+    for (body, headers, name, method) in cases {
+        let (status, reply) = chat_call(&app, body, &headers).await;
+        assert_eq!(status, StatusCode::OK, "{reply}");
+        let (status, session) = call(&app, "GET", &format!("/v1/sessions/{name}"), None).await;
+        assert_eq!(status, StatusCode::OK, "{name}: {session}");
+        assert_eq!(link_methods(&session), [method], "{name}");
+        assert_eq!(session["explicit"], true);
+    }
+    // `user` alone names no session.
+    let (status, _) = chat_call(&app, hinted(json!({"user": "ann"})), &[]).await;
+    assert_eq!(status, StatusCode::OK);
+    let (_, list) = call(&app, "GET", "/v1/sessions?limit=100", None).await;
+    assert!(list["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .all(|s| s["id"] != "ann"));
+
+    // Over 256 bytes: a 400 in the envelope, nothing stored.
+    let turns_before = store.count("turns").await.unwrap();
+    let long = "x".repeat(257);
+    let (status, error) = chat_call(&app, hinted(json!({})), &[("x-session-id", &long)]).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert_envelope(&error, Some("X-Session-Id"));
+    let (status, error) = chat_call(&app, hinted(json!({"prompt_cache_key": long})), &[]).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert_envelope(&error, Some("prompt_cache_key"));
+    settle(&store).await;
+    assert_eq!(store.count("turns").await.unwrap(), turns_before);
+    store.shutdown().await;
+}
+both_backends!(real_clients, real_client_sessions);
 
 /// Bad bodies are refused before the store is touched: the database here is unreachable, so
 /// any store access would answer 503 (or hang), not 400/413.

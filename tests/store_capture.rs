@@ -1,5 +1,6 @@
 //! Turn rows, explicit and linked sessions, next states and chat thumbs, on both backends.
 
+mod store_linking;
 mod store_support;
 
 use hindsight::store::{CapturedTurn, TurnSink};

@@ -26,6 +26,7 @@ use super::openapi::schemas::SessionHeaderParams;
 use super::openapi::{
     BadRequest, NotFound, PayloadTooLarge, ServerError, TooManyRequests, Unauthorized,
 };
+use super::session_hints::BodyHints;
 use super::state::AppState;
 use super::turn_record::{SessionHeaders, TurnContext};
 use crate::engine::TokenEvent;
@@ -62,10 +63,15 @@ pub async fn chat_completions(
     OpenAiJson(request): OpenAiJson<ChatCompletionRequest>,
 ) -> Result<Response, ApiError> {
     let started = Instant::now();
-    let mut session = SessionHeaders::parse(&headers)?;
-    if session.session_id.is_none() {
-        session.session_id = request.session_id.clone().filter(|id| !id.is_empty());
-    }
+    let session = SessionHeaders::parse(&headers)?.resolve(
+        &BodyHints {
+            session_id: request.session_id.as_deref(),
+            prompt_cache_key: request.prompt_cache_key.as_deref(),
+            metadata: request.metadata.as_ref().and_then(Value::as_object),
+            user: request.user.as_deref(),
+        },
+        None,
+    )?;
     let response_id = format!("chatcmpl-{}", uuid::Uuid::new_v4().simple());
     let raw_messages = Value::Array(request.messages.clone());
     let backend = state.backend.as_ref();

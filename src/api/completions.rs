@@ -27,6 +27,7 @@ use super::openapi::{
     BadRequest, NotFound, PayloadTooLarge, ServerError, TooManyRequests, Unauthorized,
 };
 use super::params::{check_model, completion_budget, sampling_fields, Generation};
+use super::session_hints::BodyHints;
 use super::state::AppState;
 use super::turn_record::{SessionHeaders, TurnContext};
 use crate::engine::TokenEvent;
@@ -179,10 +180,14 @@ pub async fn completions(
     OpenAiJson(request): OpenAiJson<CompletionRequest>,
 ) -> Result<Response, ApiError> {
     let started = Instant::now();
-    let mut session = SessionHeaders::parse(&headers)?;
-    if session.session_id.is_none() {
-        session.session_id = request.session_id.clone().filter(|id| !id.is_empty());
-    }
+    let session = SessionHeaders::parse(&headers)?.resolve(
+        &BodyHints {
+            session_id: request.session_id.as_deref(),
+            user: request.user.as_deref(),
+            ..BodyHints::default()
+        },
+        None,
+    )?;
     let backend = state.backend.as_ref();
     let info = backend.info();
     check_model(&request.model, info)?;

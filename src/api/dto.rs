@@ -48,6 +48,8 @@ pub struct ChatCompletionRequest {
     /// Token id (as a string) → bias in [-100, 100], added to the logit before sampling.
     #[schema(value_type = Option<HashMap<String, f32>>)]
     pub logit_bias: Option<Value>,
+    /// Used as the session id when no stronger hint names one (see `session_hints`).
+    pub prompt_cache_key: Option<String>,
     /// Hindsight extension: links turns of one conversation; never shown to the model.
     pub session_id: Option<String>,
 }
@@ -83,6 +85,14 @@ pub struct Usage {
     pub prompt_tokens: usize,
     pub completion_tokens: usize,
     pub total_tokens: usize,
+    /// How many prompt tokens came from the prefix cache (as OpenAI reports prompt caching).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub prompt_tokens_details: Option<PromptTokensDetails>,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, ToSchema)]
+pub struct PromptTokensDetails {
+    pub cached_tokens: usize,
 }
 
 impl Usage {
@@ -91,7 +101,17 @@ impl Usage {
             prompt_tokens,
             completion_tokens,
             total_tokens: prompt_tokens + completion_tokens,
+            prompt_tokens_details: None,
         }
+    }
+
+    pub fn with_cached(mut self, cached_tokens: usize) -> Self {
+        self.prompt_tokens_details = Some(PromptTokensDetails { cached_tokens });
+        self
+    }
+
+    pub fn cached_tokens(&self) -> usize {
+        self.prompt_tokens_details.map_or(0, |d| d.cached_tokens)
     }
 }
 
@@ -219,6 +239,10 @@ pub struct ModelObject {
     pub object: &'static str,
     pub created: i64,
     pub owned_by: &'static str,
+    /// The served window in tokens (prompt + completion), after rope scaling and --max-context.
+    pub context_length: usize,
+    /// The same window under vLLM's name.
+    pub max_model_len: usize,
 }
 
 #[derive(Debug, Clone, Serialize, ToSchema)]

@@ -188,15 +188,13 @@ impl ChoiceState {
 
 /// Usage of a finished response: the prompt counts once, completions add up over choices.
 pub fn usage_of(states: &[ChoiceState], prompt_len: usize) -> Usage {
-    let prompt = states
-        .first()
-        .and_then(|s| s.finish.as_ref())
-        .map(|f| f.prompt_tokens)
-        .unwrap_or(prompt_len);
+    let finish = states.first().and_then(|s| s.finish.as_ref());
+    let prompt = finish.map(|f| f.prompt_tokens).unwrap_or(prompt_len);
     Usage::new(
         prompt,
         states.iter().map(ChoiceState::completion_tokens).sum(),
     )
+    .with_cached(finish.map_or(0, |f| f.cached_tokens))
 }
 
 pub fn policy_version_of(states: &[ChoiceState], fallback: u64) -> u64 {

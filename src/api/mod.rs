@@ -18,6 +18,7 @@ pub mod models;
 pub mod openapi;
 pub mod params;
 pub mod server;
+pub mod session_hints;
 pub mod shutdown;
 pub mod state;
 pub mod structured;

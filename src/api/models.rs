@@ -21,6 +21,8 @@ fn model_object(state: &AppState) -> ModelObject {
         object: "model",
         created: info.created,
         owned_by: "hindsight",
+        context_length: info.context_length,
+        max_model_len: info.context_length,
     }
 }
 

@@ -325,6 +325,7 @@ impl Backend for FakeBackend {
                 reason,
                 prompt_tokens: prompt,
                 completion_tokens: bytes.len(),
+                cached_tokens: 0,
                 policy_version: config.policy_version,
                 matched_stop,
             });

@@ -8,14 +8,22 @@ use serde_json::Value;
 
 use super::error::ApiError;
 use super::generation::{first_token_latency, policy_version_of, usage_of, ChoiceState};
-use crate::store::{CapturedTurn, TurnSink, TurnType};
+use super::session_hints::{hint, AFFINITY_HEADERS};
+use crate::store::{CapturedTurn, LinkMethod, TurnSink, TurnType};
 
-/// `X-Session-Id`, `X-Turn-Type: main|side`, `X-Session-Done: true|false`.
+/// `X-Session-Id`, `X-Turn-Type: main|side`, `X-Session-Done: true|false`, OpenClaw's session
+/// headers; [`SessionHeaders::resolve`] then adds the body's hints.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct SessionHeaders {
     pub session_id: Option<String>,
+    /// Which hint named the session (see `session_hints`).
+    pub session_source: Option<LinkMethod>,
+    /// The request's `user`: narrows content linking, never names a session.
+    pub user: Option<String>,
     pub turn_type: TurnType,
     pub session_done: bool,
+    /// OpenClaw's `session_id` / `x-session-affinity` header, until `resolve` ranks it.
+    pub affinity: Option<String>,
 }
 
 impl SessionHeaders {
@@ -54,10 +62,19 @@ impl SessionHeaders {
                 ))
             }
         };
+        let session_id = hint("X-Session-Id", text("x-session-id")?.as_deref())?;
+        let mut affinity = None;
+        for name in AFFINITY_HEADERS {
+            let value = hint(name, text(name)?.as_deref())?;
+            affinity = affinity.or(value);
+        }
         Ok(Self {
-            session_id: text("x-session-id")?.filter(|id| !id.is_empty()),
+            session_source: session_id.as_ref().map(|_| LinkMethod::Header),
+            session_id,
+            user: None,
             turn_type,
             session_done,
+            affinity,
         })
     }
 }
@@ -96,6 +113,8 @@ impl TurnContext {
         sink.record(CapturedTurn {
             response_id: self.response_id,
             session_id: self.session.session_id,
+            session_source: self.session.session_source,
+            user: self.session.user,
             session_done: self.session.session_done,
             turn_type: self.session.turn_type,
             api_key_id: self.api_key_id,

@@ -29,6 +29,8 @@ pub enum Which {
     TrainServe(super::bench_train_serve::TrainServeArgs),
     /// Turns logged per second (synthetic turns, no model: the store is the bottleneck).
     Store(super::bench_store::StoreArgs),
+    /// Long contexts: 10k-token TTFT, decode during prefill, prefix-cache turns, memory.
+    Context(super::bench_context::ContextBenchArgs),
 }
 
 #[derive(Debug, clap::Args)]
@@ -82,6 +84,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         Which::Store(args) => super::bench_store::run(args),
         Which::Learn(args) => super::bench_learn::run(args),
         Which::TrainServe(args) => super::bench_train_serve::run(args),
+        Which::Context(args) => super::bench_context::run(args),
     }
 }
 

@@ -307,6 +307,7 @@ fn run_one(
     let config = TrainerConfig {
         mode: args.mode,
         lr,
+        model: args.model.overrides(),
         ..TrainerConfig::default()
     };
     let mut trainer = Trainer::new(&model_dir, Device::Cpu, config, None)?;

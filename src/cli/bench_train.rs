@@ -141,6 +141,7 @@ pub fn run(args: TrainArgs) -> anyhow::Result<()> {
     let config = TrainerConfig {
         mode: LearnMode::Rl,
         micro_batch: args.micro_batch.unwrap_or(defaults.micro_batch),
+        model: args.model.overrides(),
         ..defaults
     };
     let mut trainer = Trainer::new(&model_dir, Device::Cpu, config.clone(), None)?;

@@ -158,6 +158,7 @@ fn spawn_trainer(
     go: mpsc::Receiver<()>,
 ) -> anyhow::Result<std::thread::JoinHandle<anyhow::Result<()>>> {
     let model_dir = args.model.model_dir()?;
+    let overrides = args.model.overrides();
     let (n, prompt, response, nice) = (
         args.samples,
         args.prompt_tokens,
@@ -172,6 +173,7 @@ fn spawn_trainer(
                 run_in_background(variant.nice().then_some(nice), variant.one_thread())?;
                 let config = TrainerConfig {
                     mode: LearnMode::Rl,
+                    model: overrides.clone(),
                     ..TrainerConfig::default()
                 };
                 let mut trainer = Trainer::new(&model_dir, Device::Cpu, config, None)?;

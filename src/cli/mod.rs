@@ -1,5 +1,6 @@
 //! Subcommands of the `hindsight` binary; each lives in its own file.
 pub mod bench;
+pub mod bench_context;
 pub mod bench_engine;
 pub mod bench_learn;
 pub mod bench_store;

@@ -3,6 +3,53 @@
 use std::path::PathBuf;
 
 use crate::engine::EngineOptions;
+use crate::model::overrides::{ModelOverrides, RopeOverride};
+
+/// The bundled SmolLM2-135M-Instruct has an 8192-token window; OpenClaw's default agent alone
+/// sends a 10k-token prompt. Unless told otherwise it is served with YaRN ×4: 32768 tokens.
+pub const DEFAULT_MODEL_ROPE_SCALING: &str = "yarn:4";
+
+/// `--rope-scaling` and `--max-context`: shared by `serve` and the commands of [`ModelArgs`].
+#[derive(Debug, Clone, Default, PartialEq, clap::Args)]
+pub struct ContextArgs {
+    /// Rope scaling: none, yarn:F, dynamic:F, linear:F (F: the factor), or a JSON object as
+    /// config.json's rope_scaling, e.g. '{"rope_type":"yarn","factor":4,"beta_fast":32}'
+    /// [default: yarn:4 for the bundled SmolLM2 (a 32768-token window instead of its native
+    /// 8192); for --model, what its config.json says].
+    #[arg(long, env = "HINDSIGHT_ROPE_SCALING", value_name = "SPEC")]
+    pub rope_scaling: Option<RopeOverride>,
+    /// The served window in tokens, prompt + completion; at most what the rope supports:
+    /// max_position_embeddings without scaling, original × factor with it [default: all of it].
+    #[arg(long, env = "HINDSIGHT_MAX_CONTEXT", value_name = "N")]
+    pub max_context: Option<usize>,
+}
+
+impl ContextArgs {
+    /// The overrides for a model: `bundled` (no --model) gets YaRN ×4 unless --rope-scaling
+    /// says otherwise (`none`: the native 8192 tokens).
+    pub fn overrides(&self, bundled: bool) -> ModelOverrides {
+        model_overrides(self.rope_scaling.clone(), self.max_context, bundled)
+    }
+}
+
+/// See [`ContextArgs::overrides`].
+pub fn model_overrides(
+    rope_scaling: Option<RopeOverride>,
+    max_context: Option<usize>,
+    bundled: bool,
+) -> ModelOverrides {
+    let rope_scaling = rope_scaling.or_else(|| {
+        bundled.then(|| {
+            DEFAULT_MODEL_ROPE_SCALING
+                .parse()
+                .expect("the default rope scaling parses")
+        })
+    });
+    ModelOverrides {
+        rope_scaling,
+        max_context,
+    }
+}
 
 #[derive(Debug, Clone, clap::Args)]
 pub struct ModelArgs {
@@ -18,6 +65,8 @@ pub struct ModelArgs {
     /// cpu, cuda, cuda:N or auto.
     #[arg(long, env = "HINDSIGHT_DEVICE", default_value = "cpu")]
     pub device: String,
+    #[command(flatten)]
+    pub context: ContextArgs,
 }
 
 impl ModelArgs {
@@ -27,6 +76,11 @@ impl ModelArgs {
             Some(dir) => Ok(dir.clone()),
             None => crate::model::default_model::default_model_dir(&self.data_dir),
         }
+    }
+
+    /// Rope scaling and window for the model (see [`ContextArgs::overrides`]).
+    pub fn overrides(&self) -> ModelOverrides {
+        self.context.overrides(self.model.is_none())
     }
 
     /// The id clients send as `model`: the directory's name.
@@ -41,6 +95,50 @@ impl ModelArgs {
         let mut options = EngineOptions::new(dir.clone(), Self::default_model_name(&dir));
         options.dtype = self.dtype.clone();
         options.device = self.device.clone();
+        options.overrides = self.overrides();
         Ok(options)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        model: ModelArgs,
+    }
+
+    #[test]
+    fn the_bundled_model_defaults_to_yarn_4_and_flags_override_it() {
+        let parse = |args: &[&str]| Cli::try_parse_from([&["x"], args].concat()).map(|c| c.model);
+        let bundled = parse(&[]).unwrap().overrides();
+        assert_eq!(bundled.rope_scaling.unwrap().to_string(), "yarn:4");
+        let native = parse(&["--rope-scaling", "none"]).unwrap().overrides();
+        assert_eq!(native.rope_scaling, Some(RopeOverride::Off));
+        let own = parse(&["--model", "/m"]).unwrap().overrides();
+        assert_eq!(own, ModelOverrides::default());
+        let both = parse(&[
+            "--model",
+            "/m",
+            "--rope-scaling",
+            "dynamic:2",
+            "--max-context",
+            "9000",
+        ])
+        .unwrap()
+        .overrides();
+        assert_eq!(both.rope_scaling.unwrap().to_string(), "dynamic:2");
+        assert_eq!(both.max_context, Some(9000));
+        let err = parse(&["--rope-scaling", "yarn:x"])
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(
+            err.contains("--rope-scaling") && err.contains("yarn:FACTOR"),
+            "{err}"
+        );
     }
 }

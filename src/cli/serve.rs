@@ -13,8 +13,10 @@ use crate::api::admin::{Admin, AdminAuth};
 use crate::api::server::{serve, shutdown_signal};
 use crate::api::{app_with_routes, ApiKeys, AppState, ServerConfig, ShutdownHooks};
 use crate::engine::{Backend, EngineOptions, LocalEngine};
+use crate::model::overrides::{ModelOverrides, RopeOverride};
 use crate::store::Store;
 
+use super::model_args::{model_overrides, ContextArgs};
 use super::serve_learn::{start_learner, LearnFlags};
 use super::serve_store::{publish_store_gauges, StoreProbe};
 
@@ -81,6 +83,8 @@ pub struct ServeFlags {
     #[arg(long, env = "HINDSIGHT_MAX_BODY_BYTES")]
     pub max_body_bytes: Option<usize>,
     #[command(flatten)]
+    pub context: ContextArgs,
+    #[command(flatten)]
     pub learn: LearnFlags,
     /// Token for /dashboard and /admin/api [default: none: open on a loopback bind, off otherwise].
     #[arg(long, env = "HINDSIGHT_ADMIN_TOKEN", hide_env_values = true)]
@@ -103,6 +107,9 @@ pub struct FileConfig {
     pub dtype: Option<String>,
     pub device: Option<String>,
     pub max_body_bytes: Option<usize>,
+    /// A `--rope-scaling` spec, e.g. `"yarn:4"` or `"none"`.
+    pub rope_scaling: Option<String>,
+    pub max_context: Option<usize>,
     /// The learner's options, e.g. `[learn]` / `learn_mode = "opd"`.
     pub learn: Option<LearnFlags>,
     pub admin_token: Option<String>,
@@ -122,6 +129,8 @@ pub struct ServeConfig {
     pub dtype: String,
     pub device: String,
     pub max_body_bytes: usize,
+    pub rope_scaling: Option<RopeOverride>,
+    pub max_context: Option<usize>,
     pub learn: LearnFlags,
     pub admin_token: Option<String>,
 }
@@ -143,6 +152,14 @@ impl ServeFlags {
             api_keys.extend(read_keys_file(&path)?);
         }
         api_keys.retain(|key| !key.trim().is_empty());
+        let rope_scaling = match (self.context.rope_scaling, file.rope_scaling) {
+            (Some(flag), _) => Some(flag),
+            (None, Some(spec)) => Some(
+                spec.parse()
+                    .map_err(|e| anyhow::anyhow!("rope_scaling in the config file: {e}"))?,
+            ),
+            (None, None) => None,
+        };
         let config = ServeConfig {
             bind: self
                 .bind
@@ -164,6 +181,8 @@ impl ServeFlags {
                 .max_body_bytes
                 .or(file.max_body_bytes)
                 .unwrap_or(crate::api::DEFAULT_MAX_BODY_BYTES),
+            rope_scaling,
+            max_context: self.context.max_context.or(file.max_context),
             learn: self.learn.or(file.learn.unwrap_or_default()),
             admin_token: self.admin_token.or(file.admin_token),
         };
@@ -241,6 +260,15 @@ impl ServeConfig {
         Ok(addrs)
     }
 
+    /// Rope scaling and window: the bundled model defaults to YaRN ×4 (32768 tokens).
+    pub fn overrides(&self) -> ModelOverrides {
+        model_overrides(
+            self.rope_scaling.clone(),
+            self.max_context,
+            self.model.is_none(),
+        )
+    }
+
     pub fn engine_options(&self, model_dir: PathBuf) -> EngineOptions {
         let model_name = self
             .model_name
@@ -253,7 +281,8 @@ impl ServeConfig {
             device: self.device.clone(),
             max_batch: self.max_concurrent,
             queue_capacity: self.max_queue,
-            max_context: None,
+            overrides: self.overrides(),
+            prefix_cache_bytes: crate::engine::local::DEFAULT_PREFIX_CACHE_BYTES,
         }
     }
 }
@@ -457,6 +486,37 @@ mod tests {
         .resolve()
         .unwrap_err();
         assert!(err.to_string().contains("contains no keys"), "{err}");
+    }
+
+    #[test]
+    fn the_bundled_model_is_served_with_yarn_4_unless_told_otherwise() {
+        let bundled = ServeFlags::default().resolve().unwrap().overrides();
+        assert_eq!(bundled.rope_scaling.unwrap().to_string(), "yarn:4");
+        let mut file = tempfile::NamedTempFile::new().unwrap();
+        writeln!(file, "rope_scaling = \"none\"\nmax_context = 4096").unwrap();
+        let native = ServeFlags {
+            config: Some(file.path().to_path_buf()),
+            ..ServeFlags::default()
+        }
+        .resolve()
+        .unwrap()
+        .overrides();
+        assert_eq!(native.rope_scaling.unwrap().to_string(), "none");
+        assert_eq!(native.max_context, Some(4096));
+        let own = ServeFlags {
+            model: Some("/models/m".into()),
+            ..ServeFlags::default()
+        };
+        assert_eq!(own.resolve().unwrap().overrides().rope_scaling, None);
+        let mut bad = tempfile::NamedTempFile::new().unwrap();
+        writeln!(bad, "rope_scaling = \"ntk:2\"").unwrap();
+        let err = ServeFlags {
+            config: Some(bad.path().to_path_buf()),
+            ..ServeFlags::default()
+        }
+        .resolve()
+        .unwrap_err();
+        assert!(err.to_string().contains("rope_scaling"), "{err}");
     }
 
     #[test]

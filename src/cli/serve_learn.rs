@@ -212,7 +212,11 @@ pub async fn start_learner(
         model_dir: PathBuf::from(model_dir),
         data_dir: PathBuf::from(data_dir),
         device,
-        trainer: flags.trainer_config(),
+        // The trainer's copy of the model gets the serving rope and window.
+        trainer: TrainerConfig {
+            model: engine.overrides().clone(),
+            ..flags.trainer_config()
+        },
         guard: GuardConfig {
             max_kl: flags.guard_max_kl.unwrap_or(GuardConfig::default().max_kl),
             ..GuardConfig::default()

@@ -14,9 +14,14 @@ use crate::model::chat_template::ChatTemplate;
 use crate::model::config::ModelConfig;
 use crate::model::grammar::GrammarCompiler;
 use crate::model::kv_cache::KvCache;
+use crate::model::overrides::ModelOverrides;
 use crate::model::peft::AdapterSnapshot;
 use crate::model::tokenizer::TextTokenizer;
 use crate::model::transformer::Transformer;
+
+/// The prefix cache's default budget: 4 GiB holds about 90k positions of the default model
+/// in f32 (46 KB each), some nine OpenClaw-sized conversations.
+pub const DEFAULT_PREFIX_CACHE_BYTES: usize = 4 << 30;
 
 /// How to start the local engine.
 #[derive(Debug, Clone)]
@@ -33,8 +38,12 @@ pub struct EngineOptions {
     pub max_batch: usize,
     /// Requests waiting beyond this are refused with QueueFull (HTTP 429).
     pub queue_capacity: usize,
-    /// Longest prompt + completion; defaults to the model's own limit.
-    pub max_context: Option<usize>,
+    /// Rope scaling and the served window (longest prompt + completion), applied to the
+    /// model's config at load; the default serves the config as it is.
+    pub overrides: ModelOverrides,
+    /// Memory for the keys and values of finished sequences, reused by later requests that
+    /// share their prefix (0: no prefix caching).
+    pub prefix_cache_bytes: usize,
 }
 
 impl EngineOptions {
@@ -46,7 +55,8 @@ impl EngineOptions {
             device: "cpu".into(),
             max_batch: 8,
             queue_capacity: 256,
-            max_context: None,
+            overrides: ModelOverrides::default(),
+            prefix_cache_bytes: DEFAULT_PREFIX_CACHE_BYTES,
         }
     }
 }
@@ -125,7 +135,21 @@ impl StepModel for TransformerRunner {
             .map_err(|e| e.to_string())
     }
     fn retain_adapters(&mut self, ids: &[u64]) {
-        self.model.retain_adapters(ids)
+        self.model.retain_adapters(ids);
+        self.cache.retain_prefix_adapters(ids);
+    }
+    fn reuse_prefix(&mut self, slot: usize, prompt: &[u32], adapter: Option<u64>) -> usize {
+        self.cache.reuse_prefix(slot, prompt, adapter)
+    }
+    fn free_slot_keeping(&mut self, slot: usize, tokens: &[u32], adapter: Option<u64>) {
+        self.cache.free_keeping(slot, tokens, adapter)
+    }
+    fn reserve(&mut self, slot: usize, positions: usize) {
+        if let Err(err) = self.cache.reserve(slot, positions) {
+            // Prefill reports an overflow with the request's own error; a failed allocation
+            // here only means the cache grows later.
+            tracing::debug!(%err, "reserving KV cache room failed");
+        }
     }
 }
 
@@ -151,6 +175,7 @@ pub struct LocalEngine {
     tokenizer: Arc<TextTokenizer>,
     template: ChatTemplate,
     info: ModelInfo,
+    overrides: ModelOverrides,
 }
 
 impl LocalEngine {
@@ -164,7 +189,9 @@ impl LocalEngine {
         let eos_tokens = tokenizer.eos_token_ids();
         let decoder: Arc<dyn Decode> = Arc::new(TokenizerDecode(Arc::clone(&tokenizer)));
         let max_batch = options.max_batch.max(1);
-        let max_context = options.max_context;
+        let overrides = options.overrides.clone();
+        let engine_overrides = overrides.clone();
+        let prefix_cache_bytes = options.prefix_cache_bytes;
         // The grammar tokenizer's trie takes a moment: built while the model loads.
         let grammar = {
             let (dir, eos_tokens) = (dir.clone(), eos_tokens.clone());
@@ -172,10 +199,15 @@ impl LocalEngine {
         };
         let handle = EngineHandle::spawn(
             move || {
-                let model = Transformer::load(&dir, device, kind)?;
-                let limit = model.config().max_position_embeddings;
-                let max_context = max_context.map_or(limit, |m| m.min(limit));
-                let cache = model.new_cache(max_batch, 256);
+                let model = Transformer::load_with(&dir, device, kind, &overrides)?;
+                // The served window: the rope tables and the KV cache hold exactly this many.
+                let max_context = model.config().max_position_embeddings;
+                tracing::info!(
+                    rope = %ModelOverrides::describe(model.config()),
+                    "model loaded"
+                );
+                let mut cache = model.new_cache(max_batch, 256);
+                cache.set_prefix_budget(prefix_cache_bytes);
                 Ok(LoadedModel {
                     model: TransformerRunner { model, cache },
                     decoder,
@@ -203,7 +235,14 @@ impl LocalEngine {
             tokenizer,
             template,
             info,
+            overrides: engine_overrides,
         })
+    }
+
+    /// The overrides the model was loaded with: the trainer loads its copy with the same, so
+    /// its log-probs use exactly the serving rope.
+    pub fn overrides(&self) -> &ModelOverrides {
+        &self.overrides
     }
 
     pub fn handle(&self) -> &EngineHandle {

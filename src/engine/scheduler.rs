@@ -56,6 +56,20 @@ pub trait StepModel {
     }
     /// Drops every earlier adapter whose id is not listed.
     fn retain_adapters(&mut self, _ids: &[u64]) {}
+    /// Starts the empty sequence in `slot` from the cached keys and values of an earlier
+    /// sequence that shares a prefix of `prompt` (computed with `adapter`); returns how many
+    /// prompt tokens that covers (never the whole prompt).
+    fn reuse_prefix(&mut self, _slot: usize, _prompt: &[u32], _adapter: Option<u64>) -> usize {
+        0
+    }
+    /// Frees `slot`, offering its keys and values (of `tokens`, computed with `adapter`) to
+    /// the prefix cache.
+    fn free_slot_keeping(&mut self, slot: usize, _tokens: &[u32], _adapter: Option<u64>) {
+        self.free_slot(slot)
+    }
+    /// Room for `positions` in `slot`, allocated now (a hint: a long prompt then does not
+    /// regrow the cache chunk after chunk).
+    fn reserve(&mut self, _slot: usize, _positions: usize) {}
 }
 
 /// A change to the model made on the serving thread between steps; returns the new policy
@@ -89,6 +103,9 @@ pub struct SharedCounters {
     pub grammar_mask_nanos: AtomicU64,
     /// Time the serving thread spent feeding sampled tokens to grammar matchers.
     pub grammar_consume_nanos: AtomicU64,
+    /// Prompt tokens admitted, and those whose keys and values came from the prefix cache.
+    pub prompt_tokens: AtomicU64,
+    pub cached_prompt_tokens: AtomicU64,
 }
 
 struct Sequence {
@@ -101,7 +118,11 @@ struct Sequence {
     stop: StopMatcher,
     text: IncrementalText,
     prefilled: usize,
+    /// Prompt tokens that came from the prefix cache.
+    cached: usize,
     generated: usize,
+    /// The sampled tokens, in order (the keys and values of all but the last are cached).
+    generated_ids: Vec<u32>,
     /// The token to feed at the next decode step.
     next_input: Option<u32>,
     policy_version: u64,
@@ -222,7 +243,7 @@ impl<M: StepModel> Scheduler<M> {
             .into_iter()
             .partition(|s| s.events.is_closed());
         for seq in gone {
-            self.model.free_slot(seq.slot);
+            self.free(&seq);
         }
         self.running = kept;
     }
@@ -250,16 +271,30 @@ impl<M: StepModel> Scheduler<M> {
                 continue;
             };
             let version = self.counters.policy_version.load(Ordering::SeqCst);
+            let adapter = (request.adapter == AdapterChoice::Current).then_some(version);
+            let prompt = &request.prompt_tokens;
+            let cached = self.model.reuse_prefix(slot, prompt, adapter);
+            // Room for the prompt and a typical reply; longer replies grow the cache.
+            let reply = request.stop.max_tokens.min(256);
+            self.model.reserve(slot, prompt.len() + reply);
+            self.counters
+                .prompt_tokens
+                .fetch_add(prompt.len() as u64, Ordering::Relaxed);
+            self.counters
+                .cached_prompt_tokens
+                .fetch_add(cached as u64, Ordering::Relaxed);
             self.running.push(Sequence {
                 sampler: SequenceSampler::new(request.sampling.clone()),
                 grammar,
                 stop: StopMatcher::new(&request.stop.stop_strings),
                 text: IncrementalText::default(),
-                prefilled: 0,
+                prefilled: cached,
+                cached,
                 generated: 0,
+                generated_ids: Vec::new(),
                 next_input: None,
                 policy_version: version,
-                adapter: (request.adapter == AdapterChoice::Current).then_some(version),
+                adapter,
                 slot,
                 request,
                 events,
@@ -418,6 +453,7 @@ impl<M: StepModel> Scheduler<M> {
         let is_eos = is_eos && !self.running[index].request.stop.ignore_eos;
         let seq = &mut self.running[index];
         seq.generated += 1;
+        seq.generated_ids.push(sampled.token);
         // The grammar takes the token before anything is sent: when it is complete the sequence
         // ends here, with no extra token.
         let mut grammar_done = false;
@@ -486,6 +522,7 @@ impl<M: StepModel> Scheduler<M> {
                     reason,
                     prompt_tokens: seq.request.prompt_tokens.len(),
                     completion_tokens: seq.generated,
+                    cached_tokens: seq.cached,
                     policy_version: seq.policy_version,
                     matched_stop,
                 }));
@@ -502,9 +539,16 @@ impl<M: StepModel> Scheduler<M> {
         indices.dedup();
         for &i in indices.iter().rev() {
             let seq = self.running.remove(i);
-            self.model.free_slot(seq.slot);
+            self.free(&seq);
         }
         self.release_adapters();
+    }
+
+    /// Frees a sequence's slot, offering what it computed to the prefix cache.
+    fn free(&mut self, seq: &Sequence) {
+        let mut tokens = seq.request.prompt_tokens.clone();
+        tokens.extend_from_slice(&seq.generated_ids);
+        self.model.free_slot_keeping(seq.slot, &tokens, seq.adapter);
     }
 
     /// Lets the model drop the adapters of versions no running sequence uses any more.

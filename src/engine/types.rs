@@ -111,6 +111,9 @@ pub struct FinishEvent {
     pub reason: FinishReason,
     pub prompt_tokens: usize,
     pub completion_tokens: usize,
+    /// Prompt tokens whose keys and values came from the prefix cache (not prefilled again).
+    #[serde(default)]
+    pub cached_tokens: usize,
     /// The policy version (adapter generation) that produced every token of this response.
     pub policy_version: u64,
     /// Text held back by a stop string, never sent: the stop string itself is not part of output.

@@ -15,6 +15,7 @@ use crate::model::chat_template::ChatTemplate;
 use crate::model::grammar::GrammarCompiler;
 use crate::model::logprobs::{response_logprobs_transformed, LogitTransform};
 use crate::model::lora::{LoraConfig, TrainableAdapter};
+use crate::model::overrides::ModelOverrides;
 use crate::model::peft::AdapterSnapshot;
 use crate::model::tokenizer::TextTokenizer;
 use crate::model::transformer::Transformer;
@@ -40,6 +41,10 @@ pub struct TrainerConfig {
     pub teacher: Teacher,
     /// Samples per forward/backward pass (gradients accumulate over a step's micro-batches).
     pub micro_batch: usize,
+    /// Rope scaling and window the base model is loaded with: the serving engine's, so that
+    /// log-probs are computed under exactly the serving rope.
+    #[serde(skip)]
+    pub model: ModelOverrides,
 }
 
 impl Default for TrainerConfig {
@@ -55,6 +60,7 @@ impl Default for TrainerConfig {
             lora: LoraConfig::default(),
             teacher: Teacher::Base,
             micro_batch: 4,
+            model: ModelOverrides::default(),
         }
     }
 }
@@ -115,7 +121,7 @@ impl Trainer {
         config: TrainerConfig,
         initial: Option<&AdapterSnapshot>,
     ) -> anyhow::Result<Self> {
-        let mut model = Transformer::load(model_dir, device, Kind::Float)?;
+        let mut model = Transformer::load_with(model_dir, device, Kind::Float, &config.model)?;
         let adapter = match initial {
             Some(snapshot) => TrainableAdapter::from_snapshot(model.config(), snapshot, device)?,
             None => TrainableAdapter::new(model.config(), config.lora.clone(), device)?,

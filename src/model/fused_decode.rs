@@ -19,6 +19,7 @@ use std::sync::OnceLock;
 
 use tch::{Device, Kind, Tensor};
 
+use super::kv_cache::SlotKv;
 use super::lora::{FusedLora, LayerLora};
 use super::omp_team;
 use super::skinny_matmul::{self, MAX_ROWS};
@@ -29,16 +30,11 @@ fn enabled() -> bool {
     *ENABLED.get_or_init(|| std::env::var("HINDSIGHT_FUSED_DECODE").map_or(true, |v| v != "0"))
 }
 
-/// One layer's cache tensors, [max_slots, kv_heads, capacity, head_dim] in the model's dtype.
-pub(crate) struct LayerCache<'a> {
-    pub keys: &'a Tensor,
-    pub values: &'a Tensor,
-}
-
-/// A row of the step: its physical cache row, the position of its new token, the token.
+/// A row of the step: its sequence's cache (per layer [kv_heads, capacity, head_dim] in the
+/// model's dtype), the position of its new token, the token.
 #[derive(Clone, Copy)]
-pub(crate) struct StepRow {
-    pub cache_row: usize,
+pub(crate) struct StepRow<'a> {
+    pub kv: &'a SlotKv,
     pub position: usize,
     pub token: u32,
 }
@@ -99,11 +95,9 @@ impl Transformer {
     /// Logits [B, vocab] f32 for one new token per row, writing each row's keys and values at
     /// its position; row b adds the deltas of `adapters[b]` (fused serving layers; None: the
     /// base). The caller has checked `fused_decode_covers`, `fused_decode_takes` for every
-    /// adapter, and that positions fit the cache capacity.
+    /// adapter, and that positions fit each row's cache capacity.
     pub(crate) fn decode_fused(
         &self,
-        caches: &[LayerCache],
-        capacity: usize,
         rows: &[StepRow],
         adapters: &[Option<&[LayerLora]>],
     ) -> Tensor {
@@ -122,7 +116,7 @@ impl Transformer {
         let mut proj = vec![0f32; b * h];
         let mut gate_up = vec![0f32; b * 2 * inter];
         let mut act = vec![0f32; b * inter];
-        for (index, (layer, cache)) in self.layers.iter().zip(caches).enumerate() {
+        for (index, layer) in self.layers.iter().enumerate() {
             let deltas = LoraDeltas {
                 adapters,
                 layer: index,
@@ -141,15 +135,14 @@ impl Transformer {
                 }
                 self.rope_heads(q, row.position);
                 self.rope_heads(k, row.position);
-                let at = |head: usize| {
-                    ((row.cache_row * c.num_kv_heads + head) * capacity + row.position) * hd
-                };
+                let at = |head: usize| (head * row.kv.capacity + row.position) * hd;
+                let (keys, values) = (&row.kv.keys[index], &row.kv.values[index]);
                 for head in 0..c.num_kv_heads {
-                    write_row(cache.keys, at(head), &k[head * hd..(head + 1) * hd]);
-                    write_row(cache.values, at(head), &v[head * hd..(head + 1) * hd]);
+                    write_row(keys, at(head), &k[head * hd..(head + 1) * hd]);
+                    write_row(values, at(head), &v[head * hd..(head + 1) * hd]);
                 }
             }
-            self.attend_rows(cache, capacity, rows, &qkv, &mut attn);
+            self.attend_rows(index, rows, &qkv, &mut attn);
             let bias = layer.o_b.as_ref().map(to_f32_vec);
             skinny_matmul::into(&attn, &layer.o_w, bias.as_deref(), &mut proj);
             deltas.add(|l| l.o.as_ref(), &attn, &mut proj);
@@ -205,31 +198,32 @@ impl Transformer {
 
     /// Attention of every row's query heads over its cached positions 0..=position, into
     /// `attn` [B, q_dim]. The (row, kv head) pairs are split across the OpenMP team.
-    fn attend_rows(
-        &self,
-        cache: &LayerCache,
-        capacity: usize,
-        rows: &[StepRow],
-        qkv: &[f32],
-        attn: &mut [f32],
-    ) {
+    fn attend_rows(&self, layer: usize, rows: &[StepRow], qkv: &[f32], attn: &mut [f32]) {
         let c = &self.config;
         let (nkv, hd, qd) = (c.num_kv_heads, c.head_dim, c.q_dim());
         let group = c.num_heads / nkv;
         let width = qd + 2 * c.kv_dim();
         let tasks = rows.len() * nkv;
         let out = SharedOut(attn.as_mut_ptr());
-        let bf16 = cache.keys.kind() == Kind::BFloat16;
-        let (keys, values) = (
-            cache.keys.data_ptr() as usize,
-            cache.values.data_ptr() as usize,
-        );
+        let bf16 = self.kind == Kind::BFloat16;
+        // Each row's cache pointers (as integers: the tasks run on other threads, and tensors
+        // are not Sync), capacity and length.
+        let plain: Vec<(usize, usize, usize, usize)> = rows
+            .iter()
+            .map(|row| {
+                (
+                    row.kv.keys[layer].data_ptr() as usize,
+                    row.kv.values[layer].data_ptr() as usize,
+                    row.kv.capacity,
+                    row.position + 1,
+                )
+            })
+            .collect();
         let scale = 1.0 / (hd as f32).sqrt();
         let work = |task: usize| {
             let (r, head) = (task / nkv, task % nkv);
-            let row = rows[r];
-            let len = row.position + 1;
-            let base = (row.cache_row * nkv + head) * capacity * hd;
+            let (keys, values, capacity, len) = plain[r];
+            let base = head * capacity * hd;
             let q = &qkv[r * width + head * group * hd..r * width + (head + 1) * group * hd];
             // SAFETY: this task alone writes query heads head*group..(head+1)*group of row r.
             let out = unsafe {

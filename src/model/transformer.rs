@@ -8,6 +8,7 @@ use tch::{Device, Kind, Tensor};
 use super::config::ModelConfig;
 use super::error::ModelError;
 use super::lora::{self, FusedLora, LayerLora, LoraConfig, LoraPair, TrainableAdapter};
+use super::overrides::ModelOverrides;
 use super::rope::{self, RopeTables};
 use super::skinny_matmul;
 use super::weights::WeightFiles;
@@ -65,6 +66,21 @@ const HEAD_CHUNK: i64 = 4096;
 pub(crate) trait KvSource {
     /// k, v: [B, T, kv_heads, head_dim] → keys, values [B, kv_heads, L, head_dim].
     fn keys_values(&mut self, layer: usize, k: &Tensor, v: &Tensor) -> (Tensor, Tensor);
+
+    /// Attention of q [B, T, heads, head_dim] given this step's k and v; by default one
+    /// call over `keys_values`. A source whose rows keep separate histories overrides it.
+    fn attention(
+        &mut self,
+        model: &Transformer,
+        layer: usize,
+        q: &Tensor,
+        k: &Tensor,
+        v: &Tensor,
+        mask: Option<&Tensor>,
+    ) -> Tensor {
+        let (keys, values) = self.keys_values(layer, k, v);
+        model.attend(q, &keys, &values, mask)
+    }
 }
 
 pub(crate) struct NoCache;
@@ -101,10 +117,20 @@ pub(crate) struct StepContext<'a> {
 impl Transformer {
     /// Loads `dir/config.json` and its safetensors weights as `kind` (Float or BFloat16) on `device`.
     pub fn load(dir: &Path, device: Device, kind: Kind) -> Result<Self, ModelError> {
+        Self::load_with(dir, device, kind, &ModelOverrides::default())
+    }
+
+    /// `load` with `overrides` (rope scaling, served window) applied to the parsed config.
+    pub fn load_with(
+        dir: &Path,
+        device: Device,
+        kind: Kind,
+        overrides: &ModelOverrides,
+    ) -> Result<Self, ModelError> {
         if !matches!(kind, Kind::Float | Kind::BFloat16) {
             return Err(ModelError::UnsupportedKind(kind));
         }
-        let config = ModelConfig::from_dir(dir)?;
+        let config = ModelConfig::from_dir_with(dir, overrides)?;
         let files = WeightFiles::open(dir)?;
         let _guard = tch::no_grad_guard();
         let c = &config;
@@ -402,8 +428,7 @@ impl Transformer {
                 (qk.narrow(2, 0, nh), qk.narrow(2, nh, nkv))
             }
         };
-        let (keys, values) = kv.keys_values(index, &k, &v);
-        let attn = self.attend(&q, &keys, &values, ctx.mask.as_ref());
+        let attn = kv.attention(self, index, &q, &k, &v, ctx.mask.as_ref());
         let o = adapted(
             self.linear(&attn, &l.o_w, l.o_b.as_ref()),
             &attn,

@@ -7,10 +7,9 @@ use std::collections::HashSet;
 use serde_json::Value;
 use sqlx::types::Json;
 
-use super::canonical::{
-    chat_rating, content_text, hash_messages, link_hash, split_trailing_replies,
-};
-use super::capture::{CapturedTurn, TurnType};
+use super::canonical::{chat_rating, content_text, split_trailing_replies};
+use super::capture::{CapturedTurn, SideReason};
+use super::linking::{Linking, CONTENT_LINKS};
 use super::ops::{f32s_to_bytes, u32s_to_bytes, FeedbackSource, NewFeedback, Rating, WriteOp};
 
 /// Applies a batch on either backend in one transaction: on Postgres with set-based
@@ -46,13 +45,6 @@ pub async fn apply_ops(
 #[derive(Debug, Default)]
 pub struct Applied {
     pub new_keys: Vec<String>,
-}
-
-fn turn_type_name(t: TurnType) -> &'static str {
-    match t {
-        TurnType::Main => "main",
-        TurnType::Side => "side",
-    }
 }
 
 fn new_session_name() -> String {
@@ -158,24 +150,11 @@ macro_rules! backend_apply {
 
                 let empty = Vec::new();
                 let messages: &[Value] = turn.messages.as_array().unwrap_or(&empty);
-                let prefix_hash = link_hash(messages);
-                // The turn whose response this request's history ends with (same key, open session).
-                let mut parent: Option<(i64, i64)> = match &prefix_hash {
-                    Some(hash) => sqlx::query_as(
-                        "SELECT t.id, t.session_pk FROM turns t JOIN sessions s ON s.id = t.session_pk \
-                         WHERE t.key_id = $1 AND t.continuation_hash = $2 AND s.closed_at IS NULL \
-                         ORDER BY t.id DESC LIMIT 1",
-                    )
-                    .bind(key)
-                    .bind(hash)
-                    .fetch_optional(&mut *conn)
-                    .await?,
-                    None => None,
-                };
-
-                let (session_pk, seq): (i64, i64) = match (&turn.session_id, parent) {
-                    (Some(name), _) => {
-                        let row: (i64, i64) = sqlx::query_as(
+                let linking = Linking::of(turn);
+                // A named session first: content links then look only inside it.
+                let named: Option<(i64, i64)> = match linking.named {
+                    Some((name, _)) => Some(
+                        sqlx::query_as(
                             "INSERT INTO sessions (key_id, session_id, explicit, turn_count, created_at, updated_at) \
                              VALUES ($1, $2, $3, 1, $4, $4) \
                              ON CONFLICT (key_id, session_id) DO UPDATE \
@@ -187,8 +166,38 @@ macro_rules! backend_apply {
                         .bind(true)
                         .bind(turn.created_at)
                         .fetch_one(&mut *conn)
-                        .await?;
-                        if parent.is_none() && row.1 > 1 {
+                        .await?,
+                    ),
+                    None => None,
+                };
+                // The newest turn this request continues, by content, strongest link first
+                // (same key, same user, open session; the named one if any).
+                let mut parent: Option<(i64, i64)> = None;
+                let mut content = None;
+                for ((method, column), hash) in CONTENT_LINKS.iter().zip(&linking.lookups) {
+                    let Some(hash) = hash else { continue };
+                    parent = sqlx::query_as(&format!(
+                        "SELECT t.id, t.session_pk FROM turns t JOIN sessions s ON s.id = t.session_pk \
+                         WHERE t.key_id = $1 AND t.{column} = $2 AND COALESCE(t.end_user, '') = $3 \
+                         AND ($4 IS NULL OR t.session_pk = $4) AND s.closed_at IS NULL \
+                         ORDER BY t.id DESC LIMIT 1"
+                    ))
+                    .bind(key)
+                    .bind(hash)
+                    .bind(linking.user)
+                    .bind(named.map(|row| row.0))
+                    .fetch_optional(&mut *conn)
+                    .await?;
+                    if parent.is_some() {
+                        content = Some(*method);
+                        break;
+                    }
+                }
+
+                let (session_pk, seq): (i64, i64) = match (named, parent) {
+                    (Some(row), _) => {
+                        let follows_latest = linking.named.is_some_and(|(_, m)| m.follows_latest());
+                        if parent.is_none() && row.1 > 1 && follows_latest {
                             // A client that names its session may send only the new message:
                             // the previous turn is then the session's latest.
                             let latest: Option<i64> = sqlx::query_scalar(
@@ -224,8 +233,6 @@ macro_rules! backend_apply {
                 let first = turn.choices.first();
                 let response_text = first.map_or("", |c| c.text.as_str());
                 let response_calls = first.and_then(|c| c.tool_calls.as_ref());
-                let continuation_hash =
-                    hash_messages(messages, Some((response_text, response_calls)));
                 let extra_choices = (turn.choices.len() > 1)
                     .then(|| serde_json::to_value(&turn.choices[1..]).unwrap_or(Value::Null));
                 let inserted: Option<i64> = sqlx::query_scalar(
@@ -233,9 +240,10 @@ macro_rules! backend_apply {
                      endpoint, model, messages, tools, prompt_token_ids, response_text, \
                      response_tool_calls, finish_reason, response_token_ids, response_logprobs, \
                      extra_choices, policy_version, sampling, prompt_tokens, completion_tokens, \
-                     latency_ms, ttft_ms, prefix_hash, continuation_hash, created_at, logged_at) \
+                     latency_ms, ttft_ms, prefix_hash, continuation_hash, created_at, logged_at, \
+                     history_hash, reply_hash, end_user, link_method, side_reason) \
                      VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, \
-                     $17, $18, $19, $20, $21, $22, $23, $24, $25, $26, $27) \
+                     $17, $18, $19, $20, $21, $22, $23, $24, $25, $26, $27, $28, $29, $30, $31, $32) \
                      ON CONFLICT (response_id) DO NOTHING RETURNING id",
                 )
                 .bind(&turn.response_id)
@@ -243,7 +251,7 @@ macro_rules! backend_apply {
                 .bind(seq)
                 .bind(parent.map(|p| p.0))
                 .bind(key)
-                .bind(turn_type_name(turn.turn_type))
+                .bind(linking.turn_type())
                 .bind(&turn.endpoint)
                 .bind(&turn.model)
                 .bind(Json(&turn.messages))
@@ -261,10 +269,15 @@ macro_rules! backend_apply {
                 .bind(turn.completion_tokens as i64)
                 .bind(turn.latency_ms as i64)
                 .bind(turn.time_to_first_token_ms.map(|v| v as i64))
-                .bind(&prefix_hash)
-                .bind(&continuation_hash)
+                .bind(linking.prefix_hash())
+                .bind(linking.continuation_hash())
                 .bind(turn.created_at)
                 .bind(chrono::Utc::now())
+                .bind(&linking.offers[1])
+                .bind(&linking.offers[2])
+                .bind(linking.end_user())
+                .bind(linking.method(content).as_str())
+                .bind(linking.side.map(SideReason::as_str))
                 .fetch_optional(&mut *conn)
                 .await?;
                 if inserted.is_none() {
@@ -279,7 +292,7 @@ macro_rules! backend_apply {
                     return Ok(());
                 }
 
-                if let (TurnType::Main, Some((parent_id, _))) = (turn.turn_type, parent) {
+                if let (true, Some((parent_id, _))) = (linking.records_next_state(), parent) {
                     let (_, replies) = split_trailing_replies(messages);
                     record_next_state(conn, parent_id, replies, turn.created_at).await?;
                     let rating = replies

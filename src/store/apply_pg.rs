@@ -17,10 +17,9 @@ use super::apply_pg_rows::{
     insert_chat_thumbs, insert_next_states, insert_turns, NextStateColumns, ThumbColumns,
     TurnColumns,
 };
-use super::canonical::{
-    chat_rating, content_text, hash_messages, link_hash, split_trailing_replies,
-};
-use super::capture::{CapturedTurn, TurnType};
+use super::canonical::{chat_rating, content_text, split_trailing_replies};
+use super::capture::{CapturedTurn, LinkMethod, SideReason};
+use super::linking::{Linking, CONTENT_LINKS};
 use super::ops::{f32s_to_bytes, u32s_to_bytes, Rating, WriteOp};
 
 type Time = chrono::DateTime<chrono::Utc>;
@@ -85,21 +84,16 @@ struct Session {
 
 struct Planned<'a> {
     turn: &'a CapturedTurn,
-    key: &'a str,
+    linking: Linking<'a>,
     session: usize,
     /// 1-based position among this batch's turns of its session.
     index: i64,
     parent: Option<TurnRef>,
-    prefix_hash: Option<String>,
-    continuation_hash: String,
+    method: LinkMethod,
 }
 
-fn turn_type_name(t: TurnType) -> &'static str {
-    match t {
-        TurnType::Main => "main",
-        TurnType::Side => "side",
-    }
-}
+/// Candidate parents of one content link: (kind, key, user, hash) → newest first.
+type Candidates = HashMap<(usize, String, String, String), Vec<(TurnRef, i64)>>;
 
 fn messages_of(turn: &CapturedTurn) -> &[Value] {
     turn.messages.as_array().map_or(&[], Vec::as_slice)
@@ -151,51 +145,57 @@ async fn write_turns(
     tx: &mut sqlx::PgConnection,
     turns: &[&CapturedTurn],
 ) -> Result<bool, sqlx::Error> {
-    let hashes: Vec<(&str, Option<String>)> = turns
-        .iter()
-        .map(|t| {
-            (
-                t.api_key_id.as_deref().unwrap_or(""),
-                link_hash(messages_of(t)),
-            )
-        })
-        .collect();
+    let linkings: Vec<Linking> = turns.iter().map(|t| Linking::of(t)).collect();
 
-    // Stored turns whose response a request's history ends with (newest first per hash).
-    let wanted: HashSet<(&str, &str)> = hashes
-        .iter()
-        .filter_map(|(k, h)| h.as_deref().map(|h| (*k, h)))
-        .collect();
-    let (keys, wanted_hashes): (Vec<&str>, Vec<&str>) = wanted.into_iter().unzip();
-    let stored_parents: Vec<(String, String, i64, i64)> = if keys.is_empty() {
-        Vec::new()
-    } else {
-        sqlx::query_as(
-            "SELECT t.key_id, t.continuation_hash, t.id, t.session_pk FROM turns t \
-             JOIN UNNEST($1::text[], $2::text[]) AS w(key_id, hash) \
-               ON t.key_id = w.key_id AND t.continuation_hash = w.hash \
-             JOIN sessions s ON s.id = t.session_pk WHERE s.closed_at IS NULL ORDER BY t.id DESC",
-        )
-        .bind(&keys)
-        .bind(&wanted_hashes)
-        .fetch_all(&mut *tx)
-        .await?
-    };
-    let mut by_hash: HashMap<(String, String), Vec<(TurnRef, i64)>> = HashMap::new();
-    for (key, hash, id, session_pk) in stored_parents {
-        by_hash
-            .entry((key, hash))
-            .or_default()
-            .push((TurnRef::Stored(id), session_pk));
+    // Stored turns this batch's requests continue by content (newest first per hash).
+    let mut wanted: [HashSet<(&str, &str, &str)>; 3] = Default::default();
+    for linking in &linkings {
+        for (kind, hash) in linking.lookups.iter().enumerate() {
+            if let Some(hash) = hash {
+                wanted[kind].insert((linking.key, linking.user, hash.as_str()));
+            }
+        }
+    }
+    let mut by_hash: Candidates = HashMap::new();
+    if wanted.iter().any(|w| !w.is_empty()) {
+        let parts: Vec<String> = CONTENT_LINKS
+            .iter()
+            .enumerate()
+            .map(|(kind, (_, column))| {
+                let p = 3 * kind;
+                format!(
+                    "SELECT {kind} AS kind, t.key_id, COALESCE(t.end_user, '') AS end_user, \
+                     t.{column} AS hash, t.id, t.session_pk FROM turns t \
+                     JOIN UNNEST(${}::text[], ${}::text[], ${}::text[]) AS w(key_id, end_user, hash) \
+                       ON t.key_id = w.key_id AND t.{column} = w.hash \
+                       AND COALESCE(t.end_user, '') = w.end_user \
+                     JOIN sessions s ON s.id = t.session_pk WHERE s.closed_at IS NULL",
+                    p + 1,
+                    p + 2,
+                    p + 3
+                )
+            })
+            .collect();
+        let sql = format!("{} ORDER BY id DESC", parts.join(" UNION ALL "));
+        let mut query = sqlx::query_as::<_, (i32, String, String, String, i64, i64)>(&sql);
+        for set in &wanted {
+            let (keys, rest): (Vec<&str>, Vec<(&str, &str)>) =
+                set.iter().map(|(k, u, h)| (*k, (*u, *h))).unzip();
+            let (users, hashes): (Vec<&str>, Vec<&str>) = rest.into_iter().unzip();
+            query = query.bind(keys).bind(users).bind(hashes);
+        }
+        for (kind, key, user, hash, id, session_pk) in query.fetch_all(&mut *tx).await? {
+            by_hash
+                .entry((kind as usize, key, user, hash))
+                .or_default()
+                .push((TurnRef::Stored(id), session_pk));
+        }
     }
 
     // Named sessions that already exist, with their latest turn.
-    let named: HashSet<(&str, &str)> = turns
+    let named: HashSet<(&str, &str)> = linkings
         .iter()
-        .filter_map(|t| {
-            let name = t.session_id.as_deref()?;
-            Some((t.api_key_id.as_deref().unwrap_or(""), name))
-        })
+        .filter_map(|l| Some((l.key, l.named?.0)))
         .collect();
     let (named_keys, named_ids): (Vec<&str>, Vec<&str>) = named.into_iter().unzip();
     type NamedRow = (i64, String, String, i64, Option<Time>, Option<i64>);
@@ -237,14 +237,36 @@ async fn write_turns(
 
     // Link every turn in arrival order, exactly as turn-by-turn application would.
     let mut planned: Vec<Planned> = Vec::with_capacity(turns.len());
-    for (turn, (key, prefix_hash)) in turns.iter().zip(hashes) {
+    for (turn, linking) in turns.iter().zip(linkings) {
+        let key = linking.key;
+        // A named session first: content links then look only inside it.
+        let named = linking.named.map(|(name, source)| {
+            let s = *by_name
+                .entry((key.to_string(), name.to_string()))
+                .or_insert_with(|| {
+                    sessions.push(new_session(key, name.to_string(), true, turn.created_at));
+                    sessions.len() - 1
+                });
+            (s, source)
+        });
         let mut parent: Option<(TurnRef, usize)> = None;
-        if let Some(hash) = &prefix_hash {
-            let candidates = by_hash.get(&(key.to_string(), hash.clone()));
-            for &(turn_ref, session_pk) in candidates.into_iter().flatten() {
-                let session = match turn_ref {
-                    TurnRef::Batch(i) => planned[i].session,
-                    TurnRef::Stored(_) => *by_pk.entry(session_pk).or_insert_with(|| {
+        let mut content = None;
+        'links: for (kind, hash) in linking.lookups.iter().enumerate() {
+            let Some(hash) = hash else { continue };
+            let found = (
+                kind,
+                key.to_string(),
+                linking.user.to_string(),
+                hash.clone(),
+            );
+            for &(turn_ref, session_pk) in by_hash.get(&found).into_iter().flatten() {
+                let session = match (turn_ref, named) {
+                    (TurnRef::Batch(i), _) => planned[i].session,
+                    (TurnRef::Stored(_), Some(_)) => match by_pk.get(&session_pk) {
+                        Some(&s) => s,
+                        None => continue, // another session than the named one
+                    },
+                    (TurnRef::Stored(_), None) => *by_pk.entry(session_pk).or_insert_with(|| {
                         sessions.push(Session {
                             pk: Some(session_pk),
                             key: key.to_string(),
@@ -261,21 +283,19 @@ async fn write_turns(
                         sessions.len() - 1
                     }),
                 };
+                if named.is_some_and(|(s, _)| s != session) {
+                    continue;
+                }
                 if sessions[session].closed.is_none() {
                     parent = Some((turn_ref, session));
-                    break;
+                    content = Some(CONTENT_LINKS[kind].0);
+                    break 'links;
                 }
             }
         }
-        let session = match (&turn.session_id, parent) {
-            (Some(name), _) => {
-                let s = *by_name
-                    .entry((key.to_string(), name.clone()))
-                    .or_insert_with(|| {
-                        sessions.push(new_session(key, name.clone(), true, turn.created_at));
-                        sessions.len() - 1
-                    });
-                if parent.is_none() && sessions[s].count >= 1 {
+        let session = match (named, parent) {
+            (Some((s, source)), _) => {
+                if parent.is_none() && sessions[s].count >= 1 && source.follows_latest() {
                     // A named session's client may send only the new message.
                     parent = sessions[s].latest.map(|t| (t, s));
                 }
@@ -297,27 +317,25 @@ async fn write_turns(
             s.closed = Some(turn.created_at);
             s.newly_closed = true;
         }
-        let first = turn.choices.first();
-        let continuation_hash = hash_messages(
-            messages_of(turn),
-            Some((
-                first.map_or("", |c| c.text.as_str()),
-                first.and_then(|c| c.tool_calls.as_ref()),
-            )),
-        );
         // Newest first, like `ORDER BY id DESC`.
-        by_hash
-            .entry((key.to_string(), continuation_hash.clone()))
-            .or_default()
-            .insert(0, (this, 0));
+        for (kind, hash) in linking.offers.iter().enumerate() {
+            by_hash
+                .entry((
+                    kind,
+                    key.to_string(),
+                    linking.user.to_string(),
+                    hash.clone(),
+                ))
+                .or_default()
+                .insert(0, (this, 0));
+        }
         planned.push(Planned {
             turn,
-            key,
+            method: linking.method(content),
+            linking,
             session,
             index: s.added,
             parent: parent.map(|p| p.0),
-            prefix_hash,
-            continuation_hash,
         });
     }
 
@@ -430,8 +448,8 @@ async fn write_turns(
         rows.session_pk.push(session_pks[p.session]);
         rows.seq.push(base[p.session] + p.index);
         rows.parent.push(p.parent.map(id_of));
-        rows.key.push(p.key);
-        rows.turn_type.push(turn_type_name(turn.turn_type));
+        rows.key.push(p.linking.key);
+        rows.turn_type.push(p.linking.turn_type());
         rows.endpoint.push(turn.endpoint.as_str());
         rows.model.push(turn.model.as_str());
         rows.messages.push(Json(&turn.messages));
@@ -463,11 +481,17 @@ async fn write_turns(
         rows.latency.push(turn.latency_ms as i64);
         rows.ttft
             .push(turn.time_to_first_token_ms.map(|v| v as i64));
-        rows.prefix_hash.push(p.prefix_hash.as_deref());
-        rows.continuation_hash.push(p.continuation_hash.as_str());
+        rows.prefix_hash.push(p.linking.prefix_hash());
+        rows.continuation_hash.push(p.linking.continuation_hash());
         rows.created_at.push(turn.created_at);
+        rows.history_hash.push(p.linking.offers[1].as_str());
+        rows.reply_hash.push(p.linking.offers[2].as_str());
+        rows.end_user.push(p.linking.end_user());
+        rows.link_method.push(p.method.as_str());
+        rows.side_reason
+            .push(p.linking.side.map(SideReason::as_str));
 
-        let (TurnType::Main, Some(parent)) = (turn.turn_type, p.parent) else {
+        let (true, Some(parent)) = (p.linking.records_next_state(), p.parent) else {
             continue;
         };
         let (_, replies) = split_trailing_replies(messages_of(turn));

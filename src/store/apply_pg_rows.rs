@@ -18,12 +18,14 @@ pub(super) async fn insert_turns(
          endpoint, model, messages, tools, prompt_token_ids, response_text, response_tool_calls, \
          finish_reason, response_token_ids, response_logprobs, extra_choices, policy_version, \
          sampling, prompt_tokens, completion_tokens, latency_ms, ttft_ms, prefix_hash, \
-         continuation_hash, created_at, logged_at) \
-         SELECT *, $28::timestamptz FROM UNNEST($1::bigint[], $2::text[], $3::bigint[], $4::bigint[], \
+         continuation_hash, created_at, history_hash, reply_hash, end_user, link_method, \
+         side_reason, logged_at) \
+         SELECT *, $33::timestamptz FROM UNNEST($1::bigint[], $2::text[], $3::bigint[], $4::bigint[], \
            $5::bigint[], $6::text[], $7::text[], $8::text[], $9::text[], $10::jsonb[], $11::jsonb[], \
            $12::bytea[], $13::text[], $14::jsonb[], $15::text[], $16::bytea[], $17::bytea[], \
            $18::jsonb[], $19::bigint[], $20::jsonb[], $21::bigint[], $22::bigint[], $23::bigint[], \
-           $24::bigint[], $25::text[], $26::text[], $27::timestamptz[]) \
+           $24::bigint[], $25::text[], $26::text[], $27::timestamptz[], $28::text[], $29::text[], \
+           $30::text[], $31::text[], $32::text[]) \
          ON CONFLICT (response_id) DO NOTHING",
     )
     .bind(&rows.id)
@@ -53,6 +55,11 @@ pub(super) async fn insert_turns(
     .bind(&rows.prefix_hash)
     .bind(&rows.continuation_hash)
     .bind(&rows.created_at)
+    .bind(&rows.history_hash)
+    .bind(&rows.reply_hash)
+    .bind(&rows.end_user)
+    .bind(&rows.link_method)
+    .bind(&rows.side_reason)
     .bind(now)
     .execute(&mut *tx)
     .await?;
@@ -135,6 +142,11 @@ pub(super) struct TurnColumns<'a> {
     pub(super) prefix_hash: Vec<Option<&'a str>>,
     pub(super) continuation_hash: Vec<&'a str>,
     pub(super) created_at: Vec<Time>,
+    pub(super) history_hash: Vec<&'a str>,
+    pub(super) reply_hash: Vec<&'a str>,
+    pub(super) end_user: Vec<Option<&'a str>>,
+    pub(super) link_method: Vec<&'static str>,
+    pub(super) side_reason: Vec<Option<&'static str>>,
 }
 
 #[derive(Default)]

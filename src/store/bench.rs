@@ -44,6 +44,8 @@ pub fn synthetic_turn(
     CapturedTurn {
         response_id: format!("chatcmpl-{}", uuid::Uuid::now_v7().simple()),
         session_id: None,
+        session_source: None,
+        user: None,
         session_done: false,
         turn_type: TurnType::Main,
         api_key_id: Some("bench-key".into()),

@@ -12,6 +12,89 @@ pub enum TurnType {
     Side,
 }
 
+/// How a turn was placed in its session, stored as `turns.link_method`. A session id the
+/// client gave wins, in this order: `X-Session-Id` (`header`), body `session_id` (`body`),
+/// `previous_response_id` (Responses API), OpenClaw's `session_id` / `x-session-affinity`
+/// headers (`affinity_header`), body `prompt_cache_key`, `metadata.session_id` /
+/// `metadata.conversation_id` (`metadata`). Without one the store links by content: the exact
+/// message prefix (`prefix`), the prefix without system messages (`history`), the last
+/// exchange (`reply`), or else a new session (`new`). See `store::linking`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LinkMethod {
+    Header,
+    Body,
+    PreviousResponseId,
+    AffinityHeader,
+    PromptCacheKey,
+    Metadata,
+    Prefix,
+    History,
+    Reply,
+    New,
+}
+
+impl LinkMethod {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            LinkMethod::Header => "header",
+            LinkMethod::Body => "body",
+            LinkMethod::PreviousResponseId => "previous_response_id",
+            LinkMethod::AffinityHeader => "affinity_header",
+            LinkMethod::PromptCacheKey => "prompt_cache_key",
+            LinkMethod::Metadata => "metadata",
+            LinkMethod::Prefix => "prefix",
+            LinkMethod::History => "history",
+            LinkMethod::Reply => "reply",
+            LinkMethod::New => "new",
+        }
+    }
+
+    /// Whether a turn of a named session that matches no earlier turn by content continues
+    /// the session's latest turn (a client that names its session may send only the new
+    /// message). Not for `prompt_cache_key`: a cache key may be shared by many conversations
+    /// with a common prefix, so only a content match makes a parent there.
+    pub fn follows_latest(self) -> bool {
+        !matches!(
+            self,
+            LinkMethod::PromptCacheKey
+                | LinkMethod::Prefix
+                | LinkMethod::History
+                | LinkMethod::Reply
+                | LinkMethod::New
+        )
+    }
+}
+
+/// Why a turn is logged as `side` (never trained on), stored as `turns.side_reason`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SideReason {
+    /// `X-Turn-Type: side` (heartbeats, memory flushes...).
+    Client,
+    /// The reply was cut at `length` before it had [`crate::store::linking::TINY_TOKENS`]
+    /// tokens: a fragment, not an answer (OpenClaw may send `max_completion_tokens: 1`).
+    LengthCut,
+    /// A health probe: a one-word greeting or "ping" on a token budget under `TINY_TOKENS`.
+    Probe,
+}
+
+impl SideReason {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SideReason::Client => "client",
+            SideReason::LengthCut => "length_cut",
+            SideReason::Probe => "probe",
+        }
+    }
+
+    /// Whether the turn's trailing user/tool messages are still its parent's next state: a
+    /// cut reply answered a real user message; a probe or a client side turn did not.
+    pub fn continues_parent(self) -> bool {
+        matches!(self, SideReason::LengthCut)
+    }
+}
+
 /// One generated choice of a response.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct CapturedChoice {
@@ -29,8 +112,17 @@ pub struct CapturedChoice {
 pub struct CapturedTurn {
     /// The id returned to the client (`chatcmpl-…` / `cmpl-…`).
     pub response_id: String,
-    /// Explicit session id (`X-Session-Id` header or body `session_id`); None → linked by prefix.
+    /// The session id the client named (see [`LinkMethod`] for the hints and their order);
+    /// None → linked by content.
     pub session_id: Option<String>,
+    /// Where `session_id` came from; None with a session id means `Header` (turns journaled
+    /// before this field existed).
+    #[serde(default)]
+    pub session_source: Option<LinkMethod>,
+    /// The request's `user` field. Not a session id (one person has many conversations): it
+    /// only narrows content linking to earlier turns of the same user.
+    #[serde(default)]
+    pub user: Option<String>,
     /// `X-Session-Done: true`.
     pub session_done: bool,
     pub turn_type: TurnType,

@@ -23,7 +23,8 @@ fn id_list(ids: &[i64]) -> String {
         .join(", ")
 }
 
-/// Main turns with a next state or feedback, unjudged or judged before their newest
+/// Main turns (side turns — client side turns, length cuts, probes — are never judged nor
+/// trained on) with a next state or feedback, unjudged or judged before their newest
 /// feedback, whose claim is free or expired ($1 = now, $2 = limit).
 const CANDIDATES: &str = "SELECT t.id FROM turns t \
     WHERE t.turn_type = 'main' \
@@ -252,7 +253,7 @@ macro_rules! backend_learner {
             pub async fn unused_samples(pool: &Pool, limit: i64) -> Result<Vec<SampleRow>, sqlx::Error> {
                 let rows = sqlx::query(&format!(
                     "SELECT {SAMPLE_COLUMNS} FROM training_samples s JOIN turns t ON t.id = s.turn_id \
-                     WHERE s.used_in_step IS NULL ORDER BY s.id LIMIT $1"
+                     WHERE s.used_in_step IS NULL AND t.turn_type = 'main' ORDER BY s.id LIMIT $1"
                 ))
                 .bind(limit)
                 .fetch_all(pool)
@@ -261,7 +262,10 @@ macro_rules! backend_learner {
             }
 
             pub async fn count_unused_samples(pool: &Pool) -> Result<i64, sqlx::Error> {
-                sqlx::query_scalar("SELECT COUNT(*) FROM training_samples WHERE used_in_step IS NULL")
+                sqlx::query_scalar(
+                    "SELECT COUNT(*) FROM training_samples s JOIN turns t ON t.id = s.turn_id \
+                     WHERE s.used_in_step IS NULL AND t.turn_type = 'main'",
+                )
                     .fetch_one(pool)
                     .await
             }

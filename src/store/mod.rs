@@ -15,6 +15,7 @@ pub mod handle;
 pub mod journal;
 pub mod learner;
 pub mod learner_queries;
+pub mod linking;
 pub mod ops;
 pub mod queries;
 pub mod reads;

@@ -31,7 +31,7 @@ const SESSION_COLUMNS: &str =
 const TURN_COLUMNS: &str = "id, response_id, seq, turn_type, endpoint, model, messages, tools, \
     prompt_token_ids, response_text, response_tool_calls, finish_reason, response_token_ids, \
     response_logprobs, policy_version, sampling, prompt_tokens, completion_tokens, latency_ms, \
-    ttft_ms, created_at";
+    ttft_ms, created_at, side_reason, link_method";
 
 macro_rules! backend_queries {
     ($module:ident, $db:ty) => {
@@ -248,6 +248,8 @@ macro_rules! backend_queries {
                         response_id: row.try_get("response_id")?,
                         seq: row.try_get("seq")?,
                         turn_type: row.try_get("turn_type")?,
+                        side_reason: row.try_get("side_reason")?,
+                        link_method: row.try_get("link_method")?,
                         endpoint: row.try_get("endpoint")?,
                         model: row.try_get("model")?,
                         created_at: row.try_get("created_at")?,

@@ -74,6 +74,13 @@ pub struct TurnView {
     pub response_id: String,
     pub seq: i64,
     pub turn_type: String,
+    /// Why a `side` turn is never trained on: `client` (X-Turn-Type: side), `length_cut` (a
+    /// reply cut on a tiny budget), `probe` (a health probe); null on main turns.
+    pub side_reason: Option<String>,
+    /// How the turn joined its session: `header`, `body`, `previous_response_id`,
+    /// `affinity_header`, `prompt_cache_key`, `metadata`, `prefix`, `history`, `reply` or
+    /// `new`; null on turns logged before it was recorded.
+    pub link_method: Option<String>,
     pub endpoint: String,
     pub model: String,
     pub created_at: Time,

@@ -20,7 +20,7 @@ use axum::{Extension, Router};
 use hindsight::api::testing::{FakeBackend, FakeConfig, FakeReply};
 use hindsight::api::{app_with_routes, ApiKeys, AppState};
 use hindsight::store::responses::ResponseStore;
-use hindsight::store::TurnSink;
+use hindsight::store::{LinkMethod, TurnSink};
 use serde_json::{json, Value};
 
 struct App {
@@ -329,6 +329,32 @@ async fn previous_response_id_replays_the_conversation_in_one_session() {
         .iter()
         .all(|t| t.session_id.as_deref() == Some(session.as_str())));
     assert_eq!(turns[1].messages.as_array().unwrap().len(), 3);
+    let sources: Vec<_> = turns.iter().map(|t| t.session_source).collect();
+    assert_eq!(
+        sources,
+        [
+            Some(LinkMethod::New),
+            Some(LinkMethod::PreviousResponseId),
+            Some(LinkMethod::PreviousResponseId)
+        ]
+    );
+    // An explicit session id outranks previous_response_id.
+    let mut fourth = ask(json!("elsewhere"));
+    fourth["previous_response_id"] = r2["id"].clone();
+    fourth["prompt_cache_key"] = json!("pck");
+    let reply = post_raw(
+        &app.router,
+        "/v1/responses",
+        fourth.to_string(),
+        &[("x-session-id", "mine")],
+    )
+    .await;
+    assert_eq!(reply.status, 200, "{}", reply.text);
+    let last = app.sink.turns().pop().unwrap();
+    assert_eq!(
+        (last.session_id.as_deref(), last.session_source),
+        (Some("mine"), Some(LinkMethod::Header))
+    );
 }
 
 #[tokio::test]
@@ -347,7 +373,9 @@ async fn session_hints_name_the_session() {
     assert_eq!(reply.status, 200);
     let turns = app.sink.turns();
     assert_eq!(turns[0].session_id.as_deref(), Some("from-metadata"));
+    assert_eq!(turns[0].session_source, Some(LinkMethod::Metadata));
     assert_eq!(turns[1].session_id.as_deref(), Some("from-header"));
+    assert_eq!(turns[1].session_source, Some(LinkMethod::Header));
     // A client that resends the history itself is linked by the store, not given a new name.
     let history = json!([
         {"role": "user", "content": "hi"},

@@ -68,6 +68,15 @@ async fn survives_a_restart(db: &store_support::TestDb) {
         1,
         "the follow-up continues its predecessor's session"
     );
+    assert_eq!(
+        db.scalar(
+            "SELECT COUNT(*) FROM turns WHERE endpoint = 'responses' \
+             AND link_method = 'previous_response_id' AND parent_turn IS NOT NULL"
+        )
+        .await,
+        1,
+        "the follow-up records how it was linked"
+    );
     assert_eq!(db.scalar("SELECT COUNT(*) FROM feedback").await, 1);
     assert_eq!(
         delete(&app.router, &format!("/v1/responses/{id}"), None)

@@ -91,7 +91,7 @@ test('a chat request appears live, with injected markup shown as text', async ()
   const chat = await fetch(`${BASE}/v1/chat/completions`, {
     method: 'POST',
     headers: { 'content-type': 'application/json' },
-    body: JSON.stringify({ model: models.data[0].id, max_tokens: 12, temperature: 0, messages: [{ role: 'user', content: PAYLOAD }] }),
+    body: JSON.stringify({ model: models.data[0].id, max_tokens: 16, temperature: 0, messages: [{ role: 'user', content: PAYLOAD }] }),
   });
   assert.equal(chat.status, 200);
   responseId = (await chat.json()).id;
@@ -115,6 +115,8 @@ test('sessions list, search and the timeline render the payload inert', async ()
   await card.waitFor();
   const text = await card.innerText();
   assert.ok(text.includes(PAYLOAD.slice(MARKER.length + 1)), `the request is shown literally: ${text}`);
+  // How the turn joined its session (a first message starts a new one).
+  assert.ok(text.includes('linked: new'), `the link method is shown: ${text}`);
   sessionPk = Number(new URL(page.url()).hash.split('/')[2]);
   assert.ok(sessionPk > 0);
   await noInjectedCode();

@@ -165,6 +165,8 @@ pub fn turn(key: Option<&str>, messages: Vec<Value>, reply: &str) -> CapturedTur
     CapturedTurn {
         response_id: format!("chatcmpl-{}", uuid::Uuid::new_v4().simple()),
         session_id: None,
+        session_source: None,
+        user: None,
         session_done: false,
         turn_type: TurnType::Main,
         api_key_id: key.map(str::to_string),

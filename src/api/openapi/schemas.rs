@@ -205,9 +205,18 @@ pub enum Flag {
 #[derive(IntoParams)]
 #[into_params(parameter_in = Header)]
 pub struct SessionHeaderParams {
-    /// Links this turn to a conversation (the body's `session_id` is used when absent).
+    /// Links this turn to a conversation (at most 256 bytes). Without it the session is named
+    /// by the first of: the body's `session_id`, `previous_response_id` (Responses),
+    /// `session_id` / `x-session-affinity` headers, `prompt_cache_key`, `metadata.session_id`
+    /// / `metadata.conversation_id`; else the turn is linked by content.
     #[param(rename = "X-Session-Id")]
     pub session_id: Option<String>,
+    /// OpenClaw's session header (`compat.sendSessionAffinityHeaders`).
+    #[param(rename = "session_id")]
+    pub affinity_session_id: Option<String>,
+    /// OpenClaw's session affinity header.
+    #[param(rename = "x-session-affinity")]
+    pub session_affinity: Option<String>,
     /// `side` turns are logged but never trained on.
     #[param(rename = "X-Turn-Type", inline)]
     pub turn_type: Option<TurnType>,

@@ -38,6 +38,7 @@ use super::generation::{submit_all, ChoiceState};
 use super::openapi::{
     BadRequest, NotFound, PayloadTooLarge, ServerError, TooManyRequests, Unauthorized, Unavailable,
 };
+use super::session_hints::BodyHints;
 use super::turn_record::{SessionHeaders, TurnContext};
 use super::AppState;
 use crate::store::responses::ResponseStore;
@@ -274,18 +275,22 @@ pub async fn create(
     let prepared =
         prepare_chat(chat, backend, &response_id).map_err(|e| renamed(e, &messages.sources))?;
 
-    // Session: the predecessor's exactly; else the client's hints; a conversation that starts
-    // here gets a session of its own (named, so its follow-ups can name it too).
-    let mut session = SessionHeaders::parse(&headers)?;
+    // Session: an explicit id; else the predecessor's exactly; else the client's other hints
+    // (see `session_hints`); a conversation that starts here gets a session of its own (named,
+    // so its follow-ups can name it too).
     let inherited = previous.as_ref().and_then(|p| p.session_id.clone());
-    session.session_id = inherited
-        .or(session.session_id)
-        .or_else(|| request.metadata_session())
-        .or_else(|| request.session_id.clone().filter(|id| !id.is_empty()))
-        .or_else(|| {
-            (!continues_a_conversation(&conversation.messages))
-                .then(|| format!("sess_{}", uuid::Uuid::now_v7().simple()))
-        });
+    let mut session = SessionHeaders::parse(&headers)?.resolve(
+        &BodyHints {
+            session_id: request.session_id.as_deref(),
+            prompt_cache_key: request.prompt_cache_key.as_deref(),
+            metadata: request.metadata.as_ref(),
+            user: request.user.as_deref(),
+        },
+        inherited,
+    )?;
+    if session.session_id.is_none() && !continues_a_conversation(&conversation.messages) {
+        session.name_new(format!("sess_{}", uuid::Uuid::now_v7().simple()));
+    }
 
     let model = backend.info().id.clone();
     let policy_version = backend.policy_version();
