@@ -6,11 +6,17 @@
 //!
 //! Every Python suite (`tests/sdk/test_*.py`) runs in one process and every Node suite in one
 //! `node --test` run, against the one server (one model load): the CI budget is tight.
+//!
+//! OpenClaw's default agent against the default model is the second test (tests/openclaw/).
+//! The two tests take turns: each starts its own server, and two would share the two cores.
 
 use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
+
+mod openclaw;
 
 const KEY: &str = "sk-default-model-test";
 
@@ -33,6 +39,12 @@ fn free_port() -> u16 {
         .expect("a free port")
 }
 
+/// One test (and so one server) at a time.
+fn one_at_a_time() -> MutexGuard<'static, ()> {
+    static LOCK: Mutex<()> = Mutex::new(());
+    LOCK.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
 struct Server(Child);
 
 impl Drop for Server {
@@ -42,23 +54,11 @@ impl Drop for Server {
     }
 }
 
-fn start_server(port: u16, db: &Path) -> Server {
+fn start_server(port: u16, db: &Path, extra: &[&str]) -> Server {
     let child = Command::new(env!("CARGO_BIN_EXE_hindsight"))
-        .args([
-            "serve",
-            "--bind",
-            &format!("127.0.0.1:{port}"),
-            "--api-key",
-            KEY,
-        ])
-        .args([
-            "--max-concurrent",
-            "2",
-            "--max-queue",
-            "2",
-            "--device",
-            "cpu",
-        ])
+        .args(["serve", "--bind", &format!("127.0.0.1:{port}")])
+        .args(["--device", "cpu"])
+        .args(extra)
         .arg("--data-dir")
         .arg(shared_data_dir())
         .arg("--database-url")
@@ -143,10 +143,22 @@ fn run_suite(command: &mut Command, base_url: &str) -> Result<(), String> {
 
 #[test]
 fn official_sdks_pass_against_the_default_model_and_turns_are_kept() {
+    let _turn = one_at_a_time();
     let tmp = tempfile::tempdir().unwrap();
     let db = tmp.path().join("turns.db");
     let port = free_port();
-    let mut server = start_server(port, &db);
+    let mut server = start_server(
+        port,
+        &db,
+        &[
+            "--api-key",
+            KEY,
+            "--max-concurrent",
+            "2",
+            "--max-queue",
+            "2",
+        ],
+    );
     let base_url = format!("http://127.0.0.1:{port}/v1");
     // One Python process: the plain SDK suite, structured output and tools, logit_bias, the
     // Responses API, LangChain and the Agents SDK (tests/sdk/test_*.py).
@@ -202,4 +214,10 @@ fn official_sdks_pass_against_the_default_model_and_turns_are_kept() {
     let lines = String::from_utf8_lossy(&export.stdout).lines().count();
     // The suites make well over ten successful chat completions.
     assert!(lines >= 10, "only {lines} turns were exported");
+}
+
+#[test]
+fn openclaw_default_agent_turns_are_logged_linked_and_judged() {
+    let _turn = one_at_a_time();
+    openclaw::openclaw_default_agent_turns_are_logged_linked_and_judged();
 }

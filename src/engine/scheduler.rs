@@ -21,8 +21,17 @@ use super::stop::{StopMatcher, StopOutcome};
 use super::types::*;
 use crate::model::peft::AdapterSnapshot;
 
-/// Prompt tokens prefilled per loop iteration, so one long prompt doesn't stall decoding.
+/// Most prompt tokens prefilled per loop iteration (the chunk when nothing else decodes).
 pub const PREFILL_CHUNK: usize = 512;
+
+/// While other sequences decode, a prefill chunk is sized to take about this long, so that a
+/// long prompt delays each of their tokens by at most this much (a 10k-token prompt deep in
+/// its context prefills at a few hundred tokens a second on two cores: a fixed 512-token
+/// chunk would hold every decoding stream for seconds).
+const PREFILL_SLICE_SECONDS: f64 = 0.15;
+
+/// The smallest chunk: below it per-call overhead dominates.
+const MIN_PREFILL_CHUNK: usize = 32;
 
 /// What the scheduler needs from a model: slot-based prefill and batched decode.
 /// Implemented over the tch transformer, and by a tiny fake in tests.
@@ -146,6 +155,8 @@ pub struct Scheduler<M: StepModel> {
     waiting_user: VecDeque<Submission>,
     waiting_background: VecDeque<Submission>,
     running: Vec<Sequence>,
+    /// Recent prefill speed (tokens per second), to size chunks while others decode.
+    prefill_tok_s: Option<f64>,
 }
 
 impl<M: StepModel> Scheduler<M> {
@@ -165,6 +176,7 @@ impl<M: StepModel> Scheduler<M> {
             waiting_user: VecDeque::new(),
             waiting_background: VecDeque::new(),
             running: Vec::new(),
+            prefill_tok_s: None,
         }
     }
 
@@ -283,6 +295,8 @@ impl<M: StepModel> Scheduler<M> {
             self.counters
                 .cached_prompt_tokens
                 .fetch_add(cached as u64, Ordering::Relaxed);
+            metrics::counter!("hindsight_prompt_tokens_total").increment(prompt.len() as u64);
+            metrics::counter!("hindsight_prompt_tokens_cached_total").increment(cached as u64);
             self.running.push(Sequence {
                 sampler: SequenceSampler::new(request.sampling.clone()),
                 grammar,
@@ -302,9 +316,23 @@ impl<M: StepModel> Scheduler<M> {
         }
     }
 
-    /// Prefills at most PREFILL_CHUNK prompt tokens across the sequences that need it.
+    /// How many prompt tokens this iteration prefills: PREFILL_CHUNK when no sequence is
+    /// decoding, else what takes about PREFILL_SLICE_SECONDS at the recent speed.
+    fn prefill_budget(&self) -> usize {
+        let decoding = self.running.iter().any(|s| s.next_input.is_some());
+        match self.prefill_tok_s {
+            Some(speed) if decoding => {
+                ((speed * PREFILL_SLICE_SECONDS) as usize).clamp(MIN_PREFILL_CHUNK, PREFILL_CHUNK)
+            }
+            _ => PREFILL_CHUNK,
+        }
+    }
+
+    /// Prefills up to `prefill_budget` prompt tokens across the sequences that need it.
     fn prefill_some(&mut self) {
-        let mut budget = PREFILL_CHUNK;
+        let mut budget = self.prefill_budget();
+        let started = Instant::now();
+        let total = budget;
         let mut finished = Vec::new();
         for index in 0..self.running.len() {
             if budget == 0 {
@@ -339,6 +367,15 @@ impl<M: StepModel> Scheduler<M> {
                 }
                 Ok(_) => {}
             }
+        }
+        let done = total - budget;
+        if done >= MIN_PREFILL_CHUNK {
+            let speed = done as f64 / started.elapsed().as_secs_f64().max(1e-6);
+            // Deeper chunks are slower (attention grows with the context): follow the recent.
+            self.prefill_tok_s = Some(match self.prefill_tok_s {
+                Some(old) => 0.5 * old + 0.5 * speed,
+                None => speed,
+            });
         }
         self.retire(finished);
     }

@@ -19,6 +19,8 @@ struct Counting {
     last: Vec<u32>,
     probe: Probe,
     step_delay: Duration,
+    /// Prefill time per prompt token.
+    token_delay: Duration,
     /// Adapter ids: the current one and those still leased.
     current: u64,
     leased: Vec<u64>,
@@ -32,6 +34,8 @@ struct Probe {
     decoded_adapters: Arc<Mutex<Vec<Vec<Option<u64>>>>>,
     /// Adapter ids held after each change (current first).
     held: Arc<Mutex<Vec<u64>>>,
+    /// The length of every prefill chunk, and whether a sequence was decoding then.
+    chunks: Arc<Mutex<Vec<usize>>>,
 }
 
 impl Counting {
@@ -70,6 +74,8 @@ impl StepModel for Counting {
     }
     fn prefill(&mut self, slot: usize, tokens: &[u32], _: Option<u64>) -> Result<Tensor, String> {
         let last = *tokens.last().ok_or("empty chunk")?;
+        std::thread::sleep(self.token_delay * tokens.len() as u32);
+        self.probe.chunks.lock().unwrap().push(tokens.len());
         self.last[slot] = last;
         Ok(next_logits(&[last]).squeeze_dim(0))
     }
@@ -116,6 +122,15 @@ impl Decode for Letters {
 }
 
 fn engine(slots: usize, queue: usize, delay_ms: u64) -> (EngineHandle, Probe) {
+    slow_prefill_engine(slots, queue, delay_ms, Duration::ZERO)
+}
+
+fn slow_prefill_engine(
+    slots: usize,
+    queue: usize,
+    delay_ms: u64,
+    token_delay: Duration,
+) -> (EngineHandle, Probe) {
     let probe = Probe::default();
     let p = probe.clone();
     let handle = EngineHandle::spawn(
@@ -126,6 +141,7 @@ fn engine(slots: usize, queue: usize, delay_ms: u64) -> (EngineHandle, Probe) {
                     last: vec![0; slots],
                     probe: p,
                     step_delay: Duration::from_millis(delay_ms),
+                    token_delay,
                     current: 0,
                     leased: Vec::new(),
                 },
@@ -353,6 +369,7 @@ fn grammar_engine() -> (EngineHandle, tempfile::TempDir) {
                     last: vec![0; 4],
                     probe: Probe::default(),
                     step_delay: Duration::from_millis(2),
+                    token_delay: Duration::ZERO,
                     current: 0,
                     leased: Vec::new(),
                 },
@@ -471,4 +488,27 @@ fn bad_grammars_and_engines_without_a_compiler_refuse_at_submit() {
         plain.submit(bad),
         Err(SubmitError::UnsupportedConstraint(_))
     ));
+}
+
+#[test]
+fn a_long_prompt_prefills_in_small_chunks_while_others_decode() {
+    // 10 ms per prompt token: 100 tokens/s, so a 0.15 s slice is the 32-token minimum.
+    let (engine, probe) = slow_prefill_engine(3, 8, 5, Duration::from_millis(10));
+    // Alone, a prompt is one chunk (and the scheduler learns the prefill speed).
+    collect(engine.submit(request((1..41).collect(), 1)).unwrap());
+    assert_eq!(*probe.chunks.lock().unwrap(), vec![40]);
+    let mut decoding = engine.submit(request(vec![1], 60)).unwrap();
+    assert!(matches!(
+        decoding.blocking_recv(),
+        Some(GenerateEvent::Token(_))
+    ));
+    let (ids, _, finish) = collect(engine.submit(request((1..61).collect(), 1)).unwrap());
+    assert_eq!((ids.len(), finish.unwrap().prompt_tokens), (1, 60));
+    let chunks = probe.chunks.lock().unwrap().clone();
+    assert_eq!(
+        &chunks[2..],
+        &[32, 28],
+        "chunks while another decodes: {chunks:?}"
+    );
+    drop(decoding);
 }

@@ -43,9 +43,14 @@ impl FromStr for RopeOverride {
             let Some((kind, factor)) = spec.split_once(':') else {
                 return Err(format!("{spec:?}: {usage}"));
             };
+            if kind == "llama3" {
+                return Err(format!(
+                    "{spec:?}: llama3 rope scaling takes the JSON form; {usage}"
+                ));
+            }
             if !matches!(kind, "linear" | "dynamic" | "yarn") {
                 return Err(format!(
-                    "{spec:?}: rope type {kind:?} takes the JSON form (supported: {ROPE_TYPES}); \
+                    "{spec:?}: rope type {kind:?} is not supported (supported: {ROPE_TYPES}); \
                      {usage}"
                 ));
             }
@@ -138,12 +143,13 @@ impl ModelOverrides {
         Ok(())
     }
 
-    /// A short description for logs, e.g. `rope yarn:4, window 32768`.
+    /// A short description of the loaded rope for logs, e.g.
+    /// `yarn:4 (attention factor 1.1386), window 32768`.
     pub fn describe(config: &ModelConfig) -> String {
         match config.rope_scaling {
-            None => format!("rope default, window {}", config.max_position_embeddings),
+            None => format!("default, window {}", config.max_position_embeddings),
             Some(r) => format!(
-                "rope {}:{} (attention factor {:.4}), window {}",
+                "{}:{} (attention factor {:.4}), window {}",
                 r.kind(),
                 r.factor(),
                 r.attention_factor(),
