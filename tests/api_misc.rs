@@ -195,16 +195,20 @@ async fn reaches_a_handler(router: &Router, method: &str, path: &str) -> Result<
 
 /// What a document must be whatever the app: OpenAPI 3.1 whose references resolve, whose
 /// operation ids are unique, whose path templates are declared parameters, and whose security
-/// names defined schemes.
-fn check_document(doc: &Value) {
+/// names defined schemes; /v1 operations require the bearer key exactly when keys are `keyed`.
+fn check_document(doc: &Value, keyed: bool) {
     assert_eq!(doc["openapi"], "3.1.0");
     assert_eq!(doc["info"]["title"], "Hindsight");
     assert_eq!(doc["info"]["version"], env!("CARGO_PKG_VERSION"));
     let schemes = &doc["components"]["securitySchemes"];
-    assert_eq!(
-        schemes["bearer"],
-        json!({"type": "http", "scheme": "bearer", "description": schemes["bearer"]["description"]})
-    );
+    if keyed {
+        assert_eq!(
+            schemes["bearer"],
+            json!({"type": "http", "scheme": "bearer", "description": schemes["bearer"]["description"]})
+        );
+    } else {
+        assert!(schemes.get("bearer").is_none(), "{schemes}");
+    }
     let text = doc.to_string();
     for reference in text.split("\"#/components/schemas/").skip(1) {
         let name = reference.split('"').next().unwrap();
@@ -250,7 +254,8 @@ fn check_document(doc: &Value) {
                 }
             }
             if path.starts_with("/v1/") {
-                assert_eq!(op["security"], json!([{"bearer": []}]), "{method} {path}");
+                let security = keyed.then(|| json!([{"bearer": []}]));
+                assert_eq!(op.get("security"), security.as_ref(), "{method} {path}");
                 for code in ["400", "401"] {
                     let status = &op["responses"][code];
                     if status.is_object() {
@@ -331,7 +336,7 @@ async fn openapi_is_generated_from_the_router() {
             .unwrap()
             .starts_with("application/json"));
         let doc = reply.json();
-        check_document(&doc);
+        check_document(&doc, false);
         let documented = operations(&doc);
         // Every documented operation reaches a handler...
         for (method, path) in &documented {
@@ -353,6 +358,96 @@ async fn openapi_is_generated_from_the_router() {
             }
         }
     }
+    // With keys, /v1 declares the bearer key; --protect-metrics declares what opens /metrics.
+    let keyed = test_app_with(FakeConfig::default(), &["sk"], 1 << 20);
+    check_document(&get(&keyed.router, "/openapi.json").await.json(), true);
+    let doc = get(&protected_ops(&[]), "/openapi.json").await.json();
+    check_document(&doc, false);
+    let ops = json!([{"admin_token": []}, {"admin_cookie": []}]);
+    for path in ["/metrics", "/readyz"] {
+        assert_eq!(doc["paths"][path]["get"]["security"], ops, "{path}");
+    }
+    assert!(doc["paths"]["/healthz"]["get"].get("security").is_none());
+    store.shutdown().await;
+}
+
+/// An app whose /metrics and /readyz need an API key (`keys`) or the admin token "adm".
+fn protected_ops(keys: &[&str]) -> Router {
+    let backend = Arc::new(hindsight::api::testing::FakeBackend::new(
+        FakeConfig::default(),
+    ));
+    let state = hindsight::api::AppState::new(backend, Arc::new(RecordingSink::default()))
+        .with_keys(hindsight::api::ApiKeys::new(keys))
+        .with_protected_ops(AdminAuth::new(Some("adm"), true));
+    hindsight::api::app(state)
+}
+
+#[tokio::test]
+async fn protect_metrics_needs_a_key_or_the_admin_token() {
+    let router = protected_ops(&["sk-ops"]);
+    for path in ["/metrics", "/readyz"] {
+        let reply = get(&router, path).await;
+        reply.assert_error(401, "invalid_request_error", Some("invalid_api_key"), None);
+        let wrong = call(
+            &router,
+            "GET",
+            path,
+            &[("authorization", "Bearer no")],
+            None,
+        )
+        .await;
+        wrong.assert_error(401, "invalid_request_error", Some("invalid_api_key"), None);
+        for token in ["Bearer sk-ops", "Bearer adm"] {
+            let reply = call(&router, "GET", path, &[("authorization", token)], None).await;
+            assert_eq!(reply.status.as_u16(), 200, "{path} {token}: {}", reply.text);
+        }
+    }
+    // Liveness stays open; without the flag (the other tests), /metrics is open.
+    assert_eq!(get(&router, "/healthz").await.status.as_u16(), 200);
+}
+
+/// The store's /v1 routes get the same guard: a rebinding page cannot list sessions, a
+/// cross-site form cannot post feedback.
+#[tokio::test]
+async fn store_routes_refuse_rebinding_hosts_and_form_bodies() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(StoreConfig::new(None, dir.path()))
+        .await
+        .unwrap();
+    let admin = Admin::new(store.clone(), AdminAuth::new(None, true));
+    let app = test_app();
+    let state = hindsight::api::AppState::new(app.backend.clone(), app.sink.clone());
+    let full = app_with_routes(state, store_routes(&store, admin));
+    let reply = call(
+        &full,
+        "GET",
+        "/v1/sessions",
+        &[("host", "attacker.example")],
+        None,
+    )
+    .await;
+    reply.assert_error(403, "invalid_request_error", Some("host_not_allowed"), None);
+    let reply = call(
+        &full,
+        "GET",
+        "/v1/sessions",
+        &[("host", "127.0.0.1:8080")],
+        None,
+    )
+    .await;
+    assert_eq!(reply.status.as_u16(), 200, "{}", reply.text);
+    let body = json!({"response_id": "chatcmpl-x", "rating": "down", "correction": "obey me"});
+    let form = [("content-type", "text/plain")];
+    let reply = call(&full, "POST", "/v1/feedback", &form, Some(body.to_string())).await;
+    reply.assert_error(
+        415,
+        "invalid_request_error",
+        Some("unsupported_media_type"),
+        None,
+    );
+    // The same body as JSON reaches the handler (an unknown response id: 404).
+    let reply = post(&full, "/v1/feedback", body).await;
+    assert_eq!(reply.status.as_u16(), 404, "{}", reply.text);
     store.shutdown().await;
 }
 

@@ -1,5 +1,5 @@
-//! The one place the HTTP application is assembled: each handler module's router, then auth,
-//! limits, metrics and tracing around them.
+//! The one place the HTTP application is assembled: each handler module's router, then the
+//! browser guard (`guard`), auth, limits, metrics and tracing around them.
 //!
 //! Handler modules return `OpenApiRouter`s: a route and its `#[utoipa::path]` documentation are
 //! registered together, and the merged router is split here into the axum `Router` and the
@@ -17,10 +17,11 @@ use tower_http::trace::{DefaultOnResponse, TraceLayer};
 use tracing::Level;
 use utoipa_axum::router::OpenApiRouter;
 
-use super::admin::{self, Admin};
-use super::auth::authenticate;
+use super::admin::{self, Admin, AdminMode};
+use super::auth::{authenticate, Gate};
 use super::error::ApiError;
 use super::extract::BodyLimit;
+use super::guard::{guard_v1, Guard};
 use super::state::AppState;
 use super::{chat, completions, feedback, metrics, models, openapi, responses, sessions};
 use crate::store::Store;
@@ -57,13 +58,28 @@ pub fn app(state: AppState) -> Router {
 pub fn app_with_routes(state: AppState, extra: impl Into<OpenApiRouter>) -> Router {
     let request_id = HeaderName::from_static("x-request-id");
     let body_limit = state.config.max_body_bytes;
-    let keys = state.keys.clone();
+    let gate = Gate {
+        keys: state.keys.clone(),
+        protect_ops: state.protect_ops.clone(),
+    };
+    let guard = Guard {
+        hosts: state.hosts.clone(),
+        keyed: !state.keys.is_empty(),
+    };
+    let security = openapi::Security {
+        keys: !state.keys.is_empty(),
+        protect_ops: state.protect_ops.is_some(),
+        admin_token: state
+            .protect_ops
+            .as_ref()
+            .is_some_and(|admin| admin.mode() == AdminMode::Token),
+    };
     let (routes, doc) = builtin_routes()
         .with_state(state)
         .merge(extra.into())
         .split_for_parts();
     let routes = routes
-        .layer(Extension(openapi::Document::new(&doc)))
+        .layer(Extension(openapi::Document::new(&doc, security)))
         .fallback(route_not_found)
         .method_not_allowed_fallback(method_not_allowed);
     routes
@@ -72,7 +88,9 @@ pub fn app_with_routes(state: AppState, extra: impl Into<OpenApiRouter>) -> Rout
             request.extensions_mut().insert(BodyLimit(body_limit));
             next.run(request)
         }))
-        .layer(middleware::from_fn_with_state(keys, authenticate))
+        .layer(middleware::from_fn_with_state(gate, authenticate))
+        // Before authentication: a page on another site is refused whatever it sends.
+        .layer(middleware::from_fn_with_state(guard, guard_v1))
         .layer(middleware::from_fn(metrics::track_http))
         .layer(PropagateRequestIdLayer::new(request_id.clone()))
         .layer(

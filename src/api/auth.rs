@@ -10,6 +10,7 @@ use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use sha2::{Digest, Sha256};
 
+use super::admin::AdminAuth;
 use super::caller::Caller;
 use super::error::ApiError;
 
@@ -64,29 +65,57 @@ fn digest(key: &str) -> [u8; 32] {
     Sha256::digest(key.as_bytes()).into()
 }
 
+/// What [`authenticate`] checks: the API keys, and whether /metrics and /readyz need a key or
+/// the admin token (`--protect-metrics`).
+#[derive(Debug, Clone, Default)]
+pub struct Gate {
+    pub keys: ApiKeys,
+    /// Some: the operational routes need an API key, or this admin's token or sign-in cookie.
+    pub protect_ops: Option<AdminAuth>,
+}
+
+/// The routes `--protect-metrics` covers (/healthz stays open for liveness probes).
+pub const OPS_ROUTES: [&str; 2] = ["/metrics", "/readyz"];
+
+fn bearer(request: &Request) -> Option<&str> {
+    request
+        .headers()
+        .get(AUTHORIZATION)
+        .and_then(|value| value.to_str().ok())
+        .and_then(|value| {
+            let (scheme, token) = value.trim().split_once(' ')?;
+            scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
+        })
+        .filter(|token| !token.is_empty())
+}
+
 /// Inserts [`Caller`] into every request; with keys configured, /v1 routes need a valid
-/// `Authorization: Bearer` header.
-pub async fn authenticate(
-    State(keys): State<ApiKeys>,
-    mut request: Request,
-    next: Next,
-) -> Response {
-    let protected = !keys.is_empty()
-        && (request.uri().path() == "/v1" || request.uri().path().starts_with("/v1/"));
+/// `Authorization: Bearer` header; with `protect_ops`, so do /metrics and /readyz (a key or the
+/// admin token).
+pub async fn authenticate(State(gate): State<Gate>, mut request: Request, next: Next) -> Response {
+    let path = request.uri().path();
+    if let Some(admin) = gate
+        .protect_ops
+        .as_ref()
+        .filter(|_| OPS_ROUTES.contains(&path))
+    {
+        let presented = bearer(&request);
+        let admitted = admin.authorized(request.headers())
+            || presented.is_some_and(|key| gate.keys.identify(key).is_some());
+        if !admitted {
+            return match presented {
+                None => ApiError::missing_api_key(),
+                Some(_) => ApiError::invalid_api_key(),
+            }
+            .into_response();
+        }
+    }
+    let protected = !gate.keys.is_empty() && (path == "/v1" || path.starts_with("/v1/"));
     let caller = if protected {
-        let presented = request
-            .headers()
-            .get(AUTHORIZATION)
-            .and_then(|value| value.to_str().ok())
-            .and_then(|value| {
-                let (scheme, token) = value.trim().split_once(' ')?;
-                scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
-            })
-            .filter(|token| !token.is_empty());
-        let Some(presented) = presented else {
+        let Some(presented) = bearer(&request) else {
             return ApiError::missing_api_key().into_response();
         };
-        match keys.identify(presented) {
+        match gate.keys.identify(presented) {
             Some(key_id) => Caller {
                 key_id: Some(key_id),
             },

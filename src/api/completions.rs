@@ -128,7 +128,8 @@ enum Prompt {
     Tokens(Vec<u32>),
 }
 
-fn parse_prompt(prompt: &Value) -> Result<Prompt, ApiError> {
+/// `vocab_size` bounds token-id prompts: an id outside `0..vocab_size` is the client's error.
+fn parse_prompt(prompt: &Value, vocab_size: usize) -> Result<Prompt, ApiError> {
     let bad = || {
         ApiError::invalid_param(
             "prompt",
@@ -140,12 +141,26 @@ fn parse_prompt(prompt: &Value) -> Result<Prompt, ApiError> {
         Value::Array(items) if items.len() == 1 && items[0].is_string() => Ok(Prompt::Text(
             items[0].as_str().unwrap_or_default().to_string(),
         )),
-        Value::Array(items) if !items.is_empty() && items.iter().all(Value::is_u64) => items
+        Value::Array(items) if !items.is_empty() && items.iter().all(is_integer) => items
             .iter()
-            .map(|id| id.as_u64().and_then(|id| u32::try_from(id).ok()))
-            .collect::<Option<Vec<_>>>()
-            .map(Prompt::Tokens)
-            .ok_or_else(bad),
+            .enumerate()
+            .map(|(i, id)| {
+                id.as_u64()
+                    .filter(|&id| id < vocab_size as u64)
+                    .and_then(|id| u32::try_from(id).ok())
+                    .ok_or_else(|| {
+                        ApiError::invalid_param(
+                            "prompt",
+                            format!(
+                                "Invalid 'prompt[{i}]': token id {id} is outside the model's \
+                                 vocabulary (0 to {}).",
+                                vocab_size.saturating_sub(1)
+                            ),
+                        )
+                    })
+            })
+            .collect::<Result<Vec<_>, _>>()
+            .map(Prompt::Tokens),
         Value::Array(items) if items.len() > 1 && items.iter().all(Value::is_string) => {
             Err(ApiError::invalid_param(
                 "prompt",
@@ -154,6 +169,10 @@ fn parse_prompt(prompt: &Value) -> Result<Prompt, ApiError> {
         }
         _ => Err(bad()),
     }
+}
+
+fn is_integer(value: &Value) -> bool {
+    value.is_u64() || value.is_i64()
 }
 
 #[utoipa::path(
@@ -228,7 +247,7 @@ pub async fn completions(
             "max_tokens must be at least 1.",
         ));
     }
-    let (prompt_text, prompt_tokens) = match parse_prompt(&request.prompt)? {
+    let (prompt_text, prompt_tokens) = match parse_prompt(&request.prompt, info.vocab_size)? {
         Prompt::Text(text) => {
             let tokens = backend.encode(&text);
             (text, tokens)
@@ -295,7 +314,10 @@ pub async fn completions(
         return Ok(sse.into_response());
     }
 
-    let states = collect(streams, states).await?;
+    let states = collect(streams, states).await.map_err(|err| {
+        let param = err.status.is_client_error().then_some("prompt");
+        err.or_param(param)
+    })?;
     let body = Completion {
         id: response_id,
         object: "text_completion",

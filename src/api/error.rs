@@ -149,6 +149,38 @@ impl ApiError {
         }
     }
 
+    /// A body that is not `application/json` (see `api::guard`).
+    pub fn unsupported_media_type(found: Option<&str>) -> Self {
+        let found = match found {
+            Some(found) => format!("'{found}'"),
+            None => "no Content-Type".to_string(),
+        };
+        Self {
+            code: Some("unsupported_media_type"),
+            ..Self::new(
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                INVALID_REQUEST,
+                format!(
+                    "Request bodies must be JSON sent with 'Content-Type: application/json' \
+                     (got {found})."
+                ),
+            )
+        }
+    }
+
+    /// A generation that failed inside the engine: a token id outside the model's vocabulary is
+    /// the request's fault (400); anything else is a 500 whose details stay in the log.
+    pub fn engine_failure(detail: impl std::fmt::Display) -> Self {
+        let detail = detail.to_string();
+        if is_token_out_of_range(&detail) {
+            return Self {
+                code: Some("invalid_value"),
+                ..Self::bad_request(format!("Invalid token id: {detail}."))
+            };
+        }
+        Self::internal(detail)
+    }
+
     /// A 500 whose details go to the log, never to the client.
     pub fn internal(detail: impl std::fmt::Display) -> Self {
         tracing::error!(error = %detail, "internal error");
@@ -173,6 +205,12 @@ impl ApiError {
             },
         }
     }
+}
+
+/// Whether an engine error is `ModelError::TokenOutOfRange` ("token id N is outside the
+/// vocabulary of V"): the engine reports failures as text.
+fn is_token_out_of_range(detail: &str) -> bool {
+    detail.contains("token id ") && detail.contains(" is outside the vocabulary of ")
 }
 
 impl From<SubmitError> for ApiError {
@@ -202,5 +240,27 @@ impl IntoResponse for ApiError {
                 .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
         }
         response
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::error::ModelError;
+
+    #[test]
+    fn an_out_of_vocabulary_token_from_the_engine_is_the_client_s_fault() {
+        let detail = ModelError::TokenOutOfRange {
+            token: 49152,
+            vocab: 49152,
+        }
+        .to_string();
+        let err = ApiError::engine_failure(&detail);
+        assert_eq!(err.status, StatusCode::BAD_REQUEST);
+        assert_eq!(err.code, Some("invalid_value"));
+        assert!(err.message.contains("49152"), "{}", err.message);
+        let err = ApiError::engine_failure("CUDA out of memory");
+        assert_eq!(err.status, StatusCode::INTERNAL_SERVER_ERROR);
+        assert!(!err.message.contains("CUDA"));
     }
 }

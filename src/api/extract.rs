@@ -9,8 +9,8 @@ use serde::de::DeserializeOwned;
 use super::error::ApiError;
 
 /// The request body parsed as `T`; malformed JSON, wrong types and oversized bodies are
-/// rejected with 400/413 in the envelope. The Content-Type is not checked: curl's default
-/// form type is accepted, as OpenAI does.
+/// rejected with 400/413 in the envelope. The Content-Type is checked before any handler runs,
+/// for every /v1 route (`api::guard`): only `application/json` bodies reach this.
 pub struct OpenAiJson<T>(pub T);
 
 impl<T, S> FromRequest<S> for OpenAiJson<T>

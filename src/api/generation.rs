@@ -243,7 +243,9 @@ pub async fn collect(
                         state.on_finish(finish);
                         return Ok(state);
                     }
-                    Some(GenerateEvent::Error(detail)) => return Err(ApiError::internal(detail)),
+                    Some(GenerateEvent::Error(detail)) => {
+                        return Err(ApiError::engine_failure(detail))
+                    }
                     None => {
                         return Err(ApiError::internal(
                             "the engine closed a stream without finishing",
@@ -327,7 +329,7 @@ pub fn stream_sse(
                 }
                 Some((_, GenerateEvent::Error(detail))) => {
                     failed = true;
-                    send(to_json(&ApiError::internal(detail).envelope()));
+                    send(to_json(&ApiError::engine_failure(detail).envelope()));
                     break;
                 }
                 None => {

@@ -13,6 +13,7 @@ pub mod dto;
 pub mod error;
 pub mod extract;
 pub mod generation;
+pub mod guard;
 pub mod metrics;
 pub mod models;
 pub mod openapi;

@@ -82,16 +82,69 @@ pub fn base() -> utoipa::openapi::OpenApi {
     ApiDoc::openapi()
 }
 
+/// Which credentials this server asks for, so the document declares only those.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Security {
+    /// API keys are configured: /v1 operations need `bearer`.
+    pub keys: bool,
+    /// `--protect-metrics`: /metrics and /readyz need a key or the admin token.
+    pub protect_ops: bool,
+    /// An admin token is configured (it then also opens the protected operational routes).
+    pub admin_token: bool,
+}
+
 /// The finished document as JSON, handed to [`openapi_json`] as a request extension.
 #[derive(Clone)]
 pub struct Document(Arc<str>);
 
 impl Document {
-    pub fn new(doc: &utoipa::openapi::OpenApi) -> Self {
-        let json = doc
-            .to_json()
-            .expect("an OpenAPI document always serializes");
-        Self(json.into())
+    pub fn new(doc: &utoipa::openapi::OpenApi, security: Security) -> Self {
+        let mut value = serde_json::to_value(doc).expect("an OpenAPI document always serializes");
+        security.apply(&mut value);
+        Self(value.to_string().into())
+    }
+}
+
+impl Security {
+    /// Without keys, no operation requires `bearer` (and the scheme is dropped when unused);
+    /// with `protect_ops`, /metrics and /readyz require what opens them.
+    fn apply(self, doc: &mut serde_json::Value) {
+        let ops_security: Vec<serde_json::Value> = [
+            self.keys.then_some(BEARER),
+            self.admin_token.then_some(ADMIN_TOKEN),
+            self.admin_token.then_some(ADMIN_COOKIE),
+        ]
+        .into_iter()
+        .flatten()
+        .map(|scheme| serde_json::json!({ scheme: [] }))
+        .collect();
+        let mut bearer_used = false;
+        let paths = doc.get_mut("paths").and_then(|p| p.as_object_mut());
+        for (path, item) in paths.into_iter().flatten() {
+            let ops = item.as_object_mut().into_iter().flatten();
+            for (_, op) in ops.filter_map(|(m, op)| Some((m, op.as_object_mut()?))) {
+                if self.protect_ops && crate::api::auth::OPS_ROUTES.contains(&path.as_str()) {
+                    op.insert("security".into(), ops_security.clone().into());
+                }
+                if let Some(requirements) = op.get_mut("security").and_then(|s| s.as_array_mut()) {
+                    if !self.keys {
+                        requirements.retain(|r| r.get(BEARER).is_none());
+                    }
+                    bearer_used |= requirements.iter().any(|r| r.get(BEARER).is_some());
+                    if requirements.is_empty() {
+                        op.remove("security");
+                    }
+                }
+            }
+        }
+        if !bearer_used {
+            let schemes = doc
+                .pointer_mut("/components/securitySchemes")
+                .and_then(|s| s.as_object_mut());
+            if let Some(schemes) = schemes {
+                schemes.remove(BEARER);
+            }
+        }
     }
 }
 

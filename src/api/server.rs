@@ -18,7 +18,9 @@ pub async fn serve(
     hooks: ShutdownHooks,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    axum::serve(without_nagle(listener), router)
+    // The peer address (`ConnectInfo`) keys the sign-in limiter.
+    let service = router.into_make_service_with_connect_info::<std::net::SocketAddr>();
+    axum::serve(without_nagle(listener), service)
         .with_graceful_shutdown(shutdown)
         .await?;
     tracing::info!("all requests finished; running shutdown hooks");

@@ -4,7 +4,9 @@ use std::sync::Arc;
 
 use metrics_exporter_prometheus::PrometheusHandle;
 
+use super::admin::AdminAuth;
 use super::auth::ApiKeys;
+use super::guard::HostPolicy;
 use super::metrics;
 use crate::engine::Backend;
 use crate::store::TurnSink;
@@ -47,6 +49,10 @@ pub struct AppState {
     pub metrics: PrometheusHandle,
     pub config: ServerConfig,
     pub readiness: Vec<Arc<dyn ReadinessProbe>>,
+    /// Host names besides loopback that /v1 answers without API keys (see `api::guard`).
+    pub hosts: HostPolicy,
+    /// Some: /metrics and /readyz need an API key or this admin's token (`--protect-metrics`).
+    pub protect_ops: Option<AdminAuth>,
 }
 
 impl AppState {
@@ -59,7 +65,20 @@ impl AppState {
             metrics: metrics::recorder(),
             config: ServerConfig::default(),
             readiness: Vec::new(),
+            hosts: HostPolicy::default(),
+            protect_ops: None,
         }
+    }
+
+    pub fn with_allowed_hosts(mut self, hosts: HostPolicy) -> Self {
+        self.hosts = hosts;
+        self
+    }
+
+    /// /metrics and /readyz then need an API key, or `admin`'s token or sign-in cookie.
+    pub fn with_protected_ops(mut self, admin: AdminAuth) -> Self {
+        self.protect_ops = Some(admin);
+        self
     }
 
     pub fn with_keys(mut self, keys: ApiKeys) -> Self {

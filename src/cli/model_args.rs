@@ -22,6 +22,16 @@ pub struct ContextArgs {
     /// max_position_embeddings without scaling, original × factor with it [default: all of it].
     #[arg(long, env = "HINDSIGHT_MAX_CONTEXT", value_name = "N")]
     pub max_context: Option<usize>,
+    /// Memory in MiB for the keys and values of finished requests, so that a request resending
+    /// the same system prompt and history prefills only what is new (0 turns it off)
+    /// [default: 4096].
+    #[arg(long, env = "HINDSIGHT_PREFIX_CACHE_MB", value_name = "MIB")]
+    pub prefix_cache_mb: Option<usize>,
+}
+
+/// `--prefix-cache-mb` in bytes (the engine's default when not given).
+pub fn prefix_cache_bytes(mb: Option<usize>) -> usize {
+    mb.map_or(crate::engine::local::DEFAULT_PREFIX_CACHE_BYTES, |mb| mb << 20)
 }
 
 impl ContextArgs {
@@ -96,6 +106,7 @@ impl ModelArgs {
         options.dtype = self.dtype.clone();
         options.device = self.device.clone();
         options.overrides = self.overrides();
+        options.prefix_cache_bytes = prefix_cache_bytes(self.context.prefix_cache_mb);
         Ok(options)
     }
 }

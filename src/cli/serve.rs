@@ -10,6 +10,7 @@ use anyhow::Context;
 use serde::Deserialize;
 
 use crate::api::admin::{Admin, AdminAuth};
+use crate::api::guard::HostPolicy;
 use crate::api::server::{serve, shutdown_signal};
 use crate::api::{app_with_routes, ApiKeys, AppState, ServerConfig, ShutdownHooks};
 use crate::engine::{Backend, EngineOptions, LocalEngine};
@@ -89,6 +90,17 @@ pub struct ServeFlags {
     /// Token for /dashboard and /admin/api [default: none: open on a loopback bind, off otherwise].
     #[arg(long, env = "HINDSIGHT_ADMIN_TOKEN", hide_env_values = true)]
     pub admin_token: Option<String>,
+    /// A host name, besides localhost and loopback addresses, that requests may be addressed to
+    /// without API keys (repeatable; the variable takes a comma-separated list).
+    #[arg(
+        long = "allowed-host",
+        env = "HINDSIGHT_ALLOWED_HOSTS",
+        value_delimiter = ','
+    )]
+    pub allowed_hosts: Vec<String>,
+    /// /metrics and /readyz need an API key or the admin token.
+    #[arg(long, env = "HINDSIGHT_PROTECT_METRICS", value_parser = clap::builder::BoolishValueParser::new())]
+    pub protect_metrics: bool,
 }
 
 /// The `--config` file: the same options as the flags.
@@ -113,6 +125,8 @@ pub struct FileConfig {
     /// The learner's options, e.g. `[learn]` / `learn_mode = "opd"`.
     pub learn: Option<LearnFlags>,
     pub admin_token: Option<String>,
+    pub allowed_hosts: Option<Vec<String>>,
+    pub protect_metrics: Option<bool>,
 }
 
 /// Every option resolved.
@@ -131,8 +145,11 @@ pub struct ServeConfig {
     pub max_body_bytes: usize,
     pub rope_scaling: Option<RopeOverride>,
     pub max_context: Option<usize>,
+    pub prefix_cache_mb: Option<usize>,
     pub learn: LearnFlags,
     pub admin_token: Option<String>,
+    pub allowed_hosts: Vec<String>,
+    pub protect_metrics: bool,
 }
 
 impl ServeFlags {
@@ -183,8 +200,15 @@ impl ServeFlags {
                 .unwrap_or(crate::api::DEFAULT_MAX_BODY_BYTES),
             rope_scaling,
             max_context: self.context.max_context.or(file.max_context),
+            prefix_cache_mb: self.context.prefix_cache_mb,
             learn: self.learn.or(file.learn.unwrap_or_default()),
             admin_token: self.admin_token.or(file.admin_token),
+            allowed_hosts: if self.allowed_hosts.is_empty() {
+                file.allowed_hosts.unwrap_or_default()
+            } else {
+                self.allowed_hosts
+            },
+            protect_metrics: self.protect_metrics || file.protect_metrics.unwrap_or(false),
         };
         config.validate()?;
         Ok(config)
@@ -234,6 +258,16 @@ impl ServeConfig {
         if self.max_body_bytes == 0 {
             anyhow::bail!("--max-body-bytes must be at least 1");
         }
+        let admin_token = self
+            .admin_token
+            .as_deref()
+            .is_some_and(|t| !t.trim().is_empty());
+        if self.protect_metrics && self.api_keys.is_empty() && !admin_token {
+            anyhow::bail!(
+                "--protect-metrics needs an API key (--api-key) or an admin token \
+                 (--admin-token) to protect /metrics and /readyz with"
+            );
+        }
         self.learn.validate()
     }
 
@@ -282,7 +316,7 @@ impl ServeConfig {
             max_batch: self.max_concurrent,
             queue_capacity: self.max_queue,
             overrides: self.overrides(),
-            prefix_cache_bytes: crate::engine::local::DEFAULT_PREFIX_CACHE_BYTES,
+            prefix_cache_bytes: super::model_args::prefix_cache_bytes(self.prefix_cache_mb),
         }
     }
 }
@@ -353,16 +387,24 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         .context("starting the learner")?;
         let backend: Arc<dyn Backend> = engine;
         let keys = ApiKeys::new(&config.api_keys);
-        let state = AppState::new(backend, Arc::new(store.clone()))
+        let loopback = addrs.iter().all(|addr| addr.ip().is_loopback());
+        // Without keys, /v1 and the open dashboard answer only loopback names and these.
+        let hosts = HostPolicy::new(&config.allowed_hosts);
+        let admin_auth = AdminAuth::new(config.admin_token.as_deref(), loopback)
+            .with_hosts(hosts.clone());
+        let mut state = AppState::new(backend, Arc::new(store.clone()))
             .with_keys(keys)
             .with_config(ServerConfig {
                 max_body_bytes: config.max_body_bytes,
             })
+            .with_allowed_hosts(hosts)
             .with_probe(Arc::new(StoreProbe(store.clone())));
+        if config.protect_metrics {
+            state = state.with_protected_ops(admin_auth.clone());
+        }
         // Live admin feeds end when shutdown starts, so the graceful drain does not wait on them.
         let (stopping, stop_rx) = tokio::sync::watch::channel(false);
-        let loopback = addrs.iter().all(|addr| addr.ip().is_loopback());
-        let admin = Admin::new(store.clone(), AdminAuth::new(config.admin_token.as_deref(), loopback))
+        let admin = Admin::new(store.clone(), admin_auth)
             .with_shutdown(stop_rx)
             .with_control(learner.clone());
         tracing::info!(dashboard = admin.auth.describe(), "admin dashboard at /dashboard");
@@ -464,6 +506,29 @@ mod tests {
         assert!(with_key.resolve().unwrap().bind_addrs().is_ok());
         let local = ServeFlags::default().resolve().unwrap();
         assert!(local.bind_addrs().unwrap()[0].ip().is_loopback());
+    }
+
+    #[test]
+    fn allowed_hosts_and_protected_metrics() {
+        let mut file = tempfile::NamedTempFile::new().unwrap();
+        writeln!(
+            file,
+            "allowed_hosts = [\"box.lan\"]\nprotect_metrics = true"
+        )
+        .unwrap();
+        let config = ServeFlags {
+            config: Some(file.path().to_path_buf()),
+            admin_token: Some("t".into()),
+            ..ServeFlags::default()
+        };
+        let resolved = config.clone().resolve().unwrap();
+        assert!(resolved.allowed_hosts == ["box.lan"] && resolved.protect_metrics);
+        let no_credential = ServeFlags {
+            admin_token: None,
+            ..config
+        };
+        let err = no_credential.resolve().unwrap_err();
+        assert!(err.to_string().contains("--protect-metrics"), "{err}");
     }
 
     #[test]

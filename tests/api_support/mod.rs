@@ -115,6 +115,22 @@ pub async fn post_raw(
     send(router, builder.body(Body::from(body)).unwrap()).await
 }
 
+/// A request with exactly these headers (no Content-Type unless given).
+pub async fn call(
+    router: &Router,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: Option<String>,
+) -> Reply {
+    let mut builder = Request::builder().method(method).uri(path);
+    for (name, value) in headers {
+        builder = builder.header(*name, *value);
+    }
+    let body = body.map(Body::from).unwrap_or_else(Body::empty);
+    send(router, builder.body(body).unwrap()).await
+}
+
 pub async fn get(router: &Router, path: &str) -> Reply {
     send(
         router,

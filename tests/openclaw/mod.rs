@@ -1,6 +1,7 @@
 //! OpenClaw, the personal agent, against one `hindsight serve` on the default model: its default
-//! agent (the ~10k-token system prompt and its 12 tools) with nothing configured but the provider
-//! from `examples/openclaw/openclaw.json`, once over Chat Completions (`api:
+//! agent (the ~10.6k-token prompt: a 40k-character system prompt and 12 tools) with nothing
+//! configured but the provider from `examples/openclaw/openclaw.json` (less its `compat` session
+//! headers, which OpenClaw does not send by default), once over Chat Completions (`api:
 //! "openai-completions"`) and once over the Responses API (`api: "openai-responses"`). Each
 //! mode is one conversation of three headless turns (`openclaw agent --local --session-id S`):
 //! a question, a correction, thanks and a new question. The store must hold each conversation as
@@ -109,7 +110,15 @@ impl Home {
         );
         provider["baseUrl"] = Value::from(base_url);
         provider["api"] = Value::from(mode.api);
-        provider["models"][0]["maxTokens"] = Value::from(MAX_TOKENS);
+        let model = &mut provider["models"][0];
+        model["maxTokens"] = Value::from(MAX_TOKENS);
+        // Without the example's session headers, as OpenClaw sends requests by default: the
+        // store must link the turns by their content.
+        if std::env::var_os("TMP_KEEP_COMPAT").is_none() {
+            if let Some(model) = model.as_object_mut() {
+                model.remove("compat");
+            }
+        }
         std::fs::write(
             dir.join(".openclaw/openclaw.json"),
             serde_json::to_string_pretty(&config).unwrap(),
@@ -374,65 +383,37 @@ fn converse(bin: &Path, home: &Home, base: &str, mode: &Mode) -> String {
     unreachable!()
 }
 
-/// What the store must hold for one conversation: its turns in one session, over the mode's
-/// endpoint, with next states and the judge's verdicts. Polled until `deadline`.
-fn check_store(base: &str, tag: &str, mode: &Mode, deadline: Instant) {
-    loop {
-        let turns = turns_tagged(base, tag);
-        let sessions: BTreeSet<&str> = turns.iter().map(|(s, _)| s.as_str()).collect();
-        let corrected = turns
-            .iter()
-            .find(|(_, t)| next_user(t).contains(CORRECTION));
-        let thanked = turns.iter().find(|(_, t)| next_user(t).contains(THANKS));
-        let mut problems = Vec::new();
-        if turns.len() < 3 {
-            problems.push(format!("{} turns stored, not 3 or more", turns.len()));
-        }
-        if sessions.len() != 1 {
-            problems.push(format!(
-                "the turns are in {} sessions, not one",
-                sessions.len()
-            ));
-        }
-        if let Some((_, t)) = turns.iter().find(|(_, t)| t["endpoint"] != mode.endpoint) {
-            problems.push(format!(
-                "a turn over {}, not {}",
-                t["endpoint"], mode.endpoint
-            ));
-        }
-        match corrected {
-            None => problems.push("no turn has the correction as its next state".into()),
-            Some((_, t)) if score(t) != Some(-1.0) => problems.push(format!(
-                "the corrected turn's judgement is {}, not −1",
-                t["judgement"]
-            )),
-            Some(_) => {}
-        }
-        match thanked {
-            None => problems.push("no turn has the thanks as its next state".into()),
-            Some((_, t)) if score(t) != Some(1.0) => problems.push(format!(
-                "the thanked turn's judgement is {}, not +1",
-                t["judgement"]
-            )),
-            Some(_) => {}
-        }
-        if problems.is_empty() {
-            eprintln!(
-                "openclaw: {}: the store holds\n{}",
-                mode.api,
-                summary(&turns)
-            );
-            return;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "{}: {}\nstored turns of conversation {tag}:\n{}",
-            mode.api,
-            problems.join("; "),
-            summary(&turns)
-        );
-        std::thread::sleep(Duration::from_secs(1));
+/// What the store lacks of one conversation (empty when it holds it all): its turns in one
+/// session, over the mode's endpoint, with next states and the judge's verdicts.
+fn store_problems(turns: &[(String, Value)], mode: &Mode) -> Vec<String> {
+    let sessions: BTreeSet<&str> = turns.iter().map(|(s, _)| s.as_str()).collect();
+    let mut problems = Vec::new();
+    if turns.len() < 3 {
+        problems.push(format!("{} turns stored, not 3 or more", turns.len()));
     }
+    if sessions.len() != 1 {
+        problems.push(format!(
+            "the turns are in {} sessions, not one",
+            sessions.len()
+        ));
+    }
+    if let Some((_, t)) = turns.iter().find(|(_, t)| t["endpoint"] != mode.endpoint) {
+        problems.push(format!(
+            "a turn over {}, not {}",
+            t["endpoint"], mode.endpoint
+        ));
+    }
+    for (next, want) in [(CORRECTION, -1.0), (THANKS, 1.0)] {
+        match turns.iter().find(|(_, t)| next_user(t).contains(next)) {
+            None => problems.push(format!("no turn has {next:?} as its next state")),
+            Some((_, t)) if score(t) != Some(want) => problems.push(format!(
+                "the turn answered by {next:?} is judged {}, not {want:+}",
+                t["judgement"]
+            )),
+            Some(_) => {}
+        }
+    }
+    problems
 }
 
 pub fn openclaw_default_agent_turns_are_logged_linked_and_judged() {
@@ -466,9 +447,40 @@ pub fn openclaw_default_agent_turns_are_logged_linked_and_judged() {
         "openclaw: both conversations took {:.0?}",
         started.elapsed()
     );
+    // The judge works in the background: poll until both conversations are complete.
     let deadline = Instant::now() + JUDGE_DEADLINE;
-    for (mode, tag) in MODES.iter().zip(&tags) {
-        check_store(&base, tag, mode, deadline);
+    loop {
+        let report: Vec<(&Mode, &String, Vec<(String, Value)>, Vec<String>)> = MODES
+            .iter()
+            .zip(&tags)
+            .map(|(mode, tag)| {
+                let turns = turns_tagged(&base, tag);
+                let problems = store_problems(&turns, mode);
+                (mode, tag, turns, problems)
+            })
+            .collect();
+        let done = report.iter().all(|(_, _, _, problems)| problems.is_empty());
+        if done || Instant::now() > deadline {
+            let text: Vec<String> = report
+                .iter()
+                .map(|(mode, tag, turns, problems)| {
+                    let verdict = if problems.is_empty() {
+                        "ok".to_string()
+                    } else {
+                        problems.join("; ")
+                    };
+                    format!(
+                        "{} (conversation {tag}): {verdict}\n{}",
+                        mode.api,
+                        summary(turns)
+                    )
+                })
+                .collect();
+            assert!(done, "the store lacks:\n{}", text.join("\n"));
+            eprintln!("openclaw: the store holds:\n{}", text.join("\n"));
+            return;
+        }
+        std::thread::sleep(Duration::from_secs(1));
     }
 }
 

@@ -1,11 +1,14 @@
 //! What an admin can change: feedback on any turn, the served version, and signing in or out.
 
+use std::net::SocketAddr;
+use std::time::Duration;
+
 use axum::extract::rejection::{FormRejection, JsonRejection};
-use axum::extract::State;
-use axum::http::header::{LOCATION, SET_COOKIE};
-use axum::http::StatusCode;
+use axum::extract::{ConnectInfo, State};
+use axum::http::header::{LOCATION, RETRY_AFTER, SET_COOKIE};
+use axum::http::{HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::{Form, Json};
+use axum::{Extension, Form, Json};
 use serde::Deserialize;
 use utoipa::ToSchema;
 
@@ -243,10 +246,13 @@ fn see_dashboard(cookie: Option<String>) -> Response {
         (status = 401, description = "The sign-in form again: the token is not right",
             content_type = "text/html", body = String),
         (status = 403, description = "The admin API is off", body = ErrorEnvelope),
+        (status = 429, description = "Too many failed sign-ins from this address: wait \
+            `Retry-After` seconds", body = ErrorEnvelope, headers(("Retry-After" = u64))),
     )
 )]
 pub async fn sign_in(
     State(admin): State<Admin>,
+    peer: Option<Extension<ConnectInfo<SocketAddr>>>,
     form: Result<Form<SignInForm>, FormRejection>,
 ) -> Response {
     match admin.auth.mode() {
@@ -254,12 +260,32 @@ pub async fn sign_in(
         AdminMode::OpenLocal => return see_dashboard(None),
         AdminMode::Token => {}
     }
+    let client = peer.map(|Extension(ConnectInfo(addr))| addr.ip());
+    if let Err(wait) = admin.login_limit.check(client) {
+        return too_many_sign_ins(wait);
+    }
     match form {
         Ok(Form(form)) if admin.auth.token_matches(form.token.trim()) => {
             see_dashboard(Some(admin.auth.sign_in_cookie(form.token.trim())))
         }
-        _ => assets::login_page(Some("That token is not right."), StatusCode::UNAUTHORIZED),
+        _ => {
+            admin.login_limit.record_failure(client);
+            assets::login_page(Some("That token is not right."), StatusCode::UNAUTHORIZED)
+        }
     }
+}
+
+/// 429 in the envelope, with `Retry-After` in whole seconds (rounded up).
+fn too_many_sign_ins(wait: Duration) -> Response {
+    let secs = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
+    let mut response = ApiError::rate_limited(format!(
+        "Too many failed sign-ins from this address; try again in {secs} s."
+    ))
+    .into_response();
+    response
+        .headers_mut()
+        .insert(RETRY_AFTER, HeaderValue::from(secs.max(1)));
+    response
 }
 
 #[utoipa::path(

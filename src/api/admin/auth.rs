@@ -4,20 +4,22 @@
 //!   that the sign-in form sets (so the page never holds the token in JavaScript). The cookie
 //!   carries a digest of the token, not the token, and stops working when the token changes.
 //! - Without a token on a loopback bind: open, but only to requests addressed to a loopback host
-//!   name (a DNS-rebinding page cannot reach it through its own domain).
+//!   name or an `--allowed-host` (a DNS-rebinding page cannot reach it through its own domain),
+//!   and not to requests whose `Origin` is another site (see `api::guard`, shared with /v1).
 //! - Without a token on any other bind: refused with a 403 envelope.
 //!
 //! Unsafe admin calls take JSON bodies: a cross-site form cannot send one without a CORS
 //! preflight, which this server never grants.
 
 use axum::extract::{Request, State};
-use axum::http::header::{AUTHORIZATION, COOKIE, HOST};
+use axum::http::header::{AUTHORIZATION, COOKIE};
 use axum::http::{HeaderMap, Method, StatusCode};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use sha2::{Digest, Sha256};
 
 use super::{admin_error, assets};
+use crate::api::guard::{HostPolicy, Refusal};
 
 pub const COOKIE_NAME: &str = "hindsight_admin";
 /// How long a sign-in lasts.
@@ -38,6 +40,8 @@ pub struct AdminAuth {
     mode: AdminMode,
     token_digest: [u8; 32],
     cookie_digest: [u8; 32],
+    /// Names besides loopback that the open (token-less) mode answers.
+    hosts: HostPolicy,
 }
 
 impl std::fmt::Debug for AdminAuth {
@@ -71,7 +75,14 @@ impl AdminAuth {
             mode,
             token_digest: digest(token),
             cookie_digest: digest(&cookie_value(token)),
+            hosts: HostPolicy::default(),
         }
+    }
+
+    /// The host names the token-less mode answers besides loopback (`--allowed-host`).
+    pub fn with_hosts(mut self, hosts: HostPolicy) -> AdminAuth {
+        self.hosts = hosts;
+        self
     }
 
     pub fn mode(&self) -> AdminMode {
@@ -103,7 +114,8 @@ impl AdminAuth {
         format!("{COOKIE_NAME}=; Path=/; HttpOnly; SameSite=Strict; Max-Age=0")
     }
 
-    fn authorized(&self, headers: &HeaderMap) -> bool {
+    /// The admin token as a bearer, or the sign-in cookie (also accepted by `--protect-metrics`).
+    pub(crate) fn authorized(&self, headers: &HeaderMap) -> bool {
         let bearer = headers
             .get(AUTHORIZATION)
             .and_then(|v| v.to_str().ok())
@@ -114,22 +126,30 @@ impl AdminAuth {
         if bearer.is_some_and(|t| self.token_matches(t)) {
             return true;
         }
-        cookie(headers, COOKIE_NAME).is_some_and(|c| digest(c) == self.cookie_digest)
+        self.mode == AdminMode::Token
+            && cookie(headers, COOKIE_NAME).is_some_and(|c| digest(c) == self.cookie_digest)
     }
 
     /// Refusal for the current mode, or None when the request may go on.
     pub fn check(&self, request: &Request) -> Option<Response> {
         match self.mode {
             AdminMode::Refused => Some(refused()),
-            AdminMode::OpenLocal => (!loopback_host(request.headers())).then(|| {
-                admin_error(
-                    StatusCode::FORBIDDEN,
-                    "admin_host_refused",
-                    "without --admin-token the dashboard answers only requests addressed to \
-                     localhost or a loopback address",
-                )
-                .into_response()
-            }),
+            AdminMode::OpenLocal => {
+                let refusal = self.hosts.refusal(request.headers(), request.uri())?;
+                let (code, message) = match refusal {
+                    Refusal::Host => (
+                        "admin_host_refused",
+                        "without --admin-token the dashboard answers only requests addressed \
+                         to localhost, a loopback address or an --allowed-host name",
+                    ),
+                    Refusal::Origin => (
+                        "admin_origin_refused",
+                        "without --admin-token the dashboard refuses requests from pages on \
+                         other sites",
+                    ),
+                };
+                Some(admin_error(StatusCode::FORBIDDEN, code, message).into_response())
+            }
             AdminMode::Token if self.authorized(request.headers()) => None,
             AdminMode::Token => Some(if wants_page(request) {
                 assets::login_page(None, StatusCode::UNAUTHORIZED)
@@ -171,25 +191,6 @@ pub fn cookie<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
         .filter_map(|pair| pair.trim().split_once('='))
         .find(|(k, _)| *k == name)
         .map(|(_, v)| v.trim())
-}
-
-/// Whether the Host header names this machine (localhost, 127.x.x.x, ::1); a missing Host
-/// (HTTP/1.0, in-process tests) counts as local.
-fn loopback_host(headers: &HeaderMap) -> bool {
-    let Some(host) = headers.get(HOST).and_then(|v| v.to_str().ok()) else {
-        return true;
-    };
-    let name = if let Some(rest) = host.strip_prefix('[') {
-        rest.split(']').next().unwrap_or("")
-    } else {
-        host.rsplit_once(':').map_or(host, |(name, _)| name)
-    };
-    let name = name.to_ascii_lowercase();
-    name == "localhost"
-        || name.ends_with(".localhost")
-        || name
-            .parse::<std::net::IpAddr>()
-            .is_ok_and(|ip| ip.is_loopback())
 }
 
 /// Middleware for every protected admin route.
@@ -234,22 +235,9 @@ mod tests {
         assert_eq!(AdminAuth::new(None, true).mode(), AdminMode::OpenLocal);
         assert_eq!(AdminAuth::new(Some("  "), false).mode(), AdminMode::Refused);
         assert_eq!(AdminAuth::new(Some("t"), false).mode(), AdminMode::Token);
-        assert!(!AdminAuth::new(None, true).token_matches(""));
-    }
-
-    #[test]
-    fn loopback_hosts() {
-        for host in [
-            "localhost:8080",
-            "127.0.0.1:1",
-            "[::1]:80",
-            "127.0.0.1",
-            "app.localhost",
-        ] {
-            assert!(loopback_host(&headers(&[(HOST, host)])), "{host}");
-        }
-        for host in ["evil.example:8080", "10.0.0.1:80", "[2001:db8::1]:80"] {
-            assert!(!loopback_host(&headers(&[(HOST, host)])), "{host}");
-        }
+        let open = AdminAuth::new(None, true);
+        assert!(!open.token_matches(""));
+        let forged = format!("{COOKIE_NAME}={}", cookie_value(""));
+        assert!(!open.authorized(&headers(&[(COOKIE, &forged)])));
     }
 }

@@ -5,6 +5,7 @@ pub mod actions;
 pub mod assets;
 pub mod auth;
 pub mod control;
+pub mod limit;
 pub mod live;
 pub mod read;
 
@@ -22,6 +23,7 @@ use utoipa_axum::routes;
 
 pub use auth::{AdminAuth, AdminMode};
 pub use control::{LearnerControl, LearnerStatus};
+pub use limit::LoginLimiter;
 
 use super::error::{ApiError, ErrorEnvelope};
 use crate::store::{Store, StoreError};
@@ -40,6 +42,8 @@ pub struct Admin {
     /// shutdown does not wait on them.
     pub shutdown: Option<watch::Receiver<bool>>,
     pub live_poll: Duration,
+    /// Failed sign-ins per client (see [`limit`]).
+    pub login_limit: LoginLimiter,
 }
 
 impl Admin {
@@ -50,11 +54,17 @@ impl Admin {
             auth,
             shutdown: None,
             live_poll: LIVE_POLL,
+            login_limit: LoginLimiter::default(),
         }
     }
 
     pub fn with_control(mut self, control: Arc<dyn LearnerControl>) -> Admin {
         self.control = Some(control);
+        self
+    }
+
+    pub fn with_login_limit(mut self, limit: LoginLimiter) -> Admin {
+        self.login_limit = limit;
         self
     }
 
@@ -110,7 +120,8 @@ pub enum Denied {
     #[response(status = 401)]
     TokenRequired(ErrorEnvelope),
     /// The admin API is off (no admin token on a non-loopback bind), or, without a token, the
-    /// request was not addressed to a loopback host.
+    /// request was not addressed to a loopback host (or `--allowed-host`) or came from a page on
+    /// another site (`Origin`).
     #[response(status = 403)]
     Refused(ErrorEnvelope),
 }

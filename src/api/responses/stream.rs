@@ -96,7 +96,7 @@ pub async fn collect(
                 }
                 break status;
             }
-            Some(GenerateEvent::Error(detail)) => return Err(ApiError::internal(detail)),
+            Some(GenerateEvent::Error(detail)) => return Err(ApiError::engine_failure(detail)),
             None => {
                 return Err(ApiError::internal(
                     "the engine closed a stream without finishing",
