@@ -88,8 +88,10 @@ impl ToolCallStreamer {
     /// than shown as content.
     pub fn finish_cut(&mut self, cut: bool) -> Vec<Piece> {
         let tail = self.pending.trim_start();
-        if cut && self.mode == Mode::Hermes && !tail.is_empty() && HERMES_OPEN.starts_with(tail) {
-            // Cut inside the opening tag of the next call (`<tool`): markup, not prose.
+        let may_call = matches!(self.mode, Mode::Hermes | Mode::Undecided);
+        if cut && may_call && !tail.is_empty() && HERMES_OPEN.starts_with(tail) {
+            // Cut inside the opening tag of a call (`<tool`), the first or the next: markup,
+            // not prose.
             self.pending.clear();
         }
         let mut out = Vec::new();
@@ -450,5 +452,15 @@ mod tests {
         let mut pieces = streamer.push(text);
         pieces.extend(streamer.finish_cut(true));
         assert_eq!(pieces.len(), 1, "{pieces:?}");
+        // ...or inside the first one (a 4-token budget: "<tool_call").
+        let mut streamer = ToolCallStreamer::new().with_tools(vec!["f".into()]);
+        let mut pieces = streamer.push("<tool_call");
+        pieces.extend(streamer.finish_cut(true));
+        assert!(pieces.is_empty(), "{pieces:?}");
+        // Not cut: the text stays.
+        let mut streamer = ToolCallStreamer::new().with_tools(vec!["f".into()]);
+        let mut pieces = streamer.push("<tool");
+        pieces.extend(streamer.finish_cut(false));
+        assert_eq!(pieces, vec![Piece::Text("<tool".into())]);
     }
 }

@@ -7,15 +7,20 @@ use crate::model::overrides::{ModelOverrides, RopeOverride};
 
 /// The bundled SmolLM2-135M-Instruct has an 8192-token window; OpenClaw's default agent alone
 /// sends a 10k-token prompt. Unless told otherwise it is served with YaRN ×4: 32768 tokens.
-pub const DEFAULT_MODEL_ROPE_SCALING: &str = "yarn:4";
+/// Without YaRN's attention factor: its 1.139 (q·k × 1.30) turned this 135M model's greedy
+/// replies to "Say hello." into a loop of one emoji, where with factor 1 short prompts get the
+/// native rope's replies (YaRN leaves the high-frequency dimensions short prompts use as they
+/// are).
+pub const DEFAULT_MODEL_ROPE_SCALING: &str =
+    r#"{"rope_type":"yarn","factor":4,"attention_factor":1}"#;
 
 /// `--rope-scaling` and `--max-context`: shared by `serve` and the commands of [`ModelArgs`].
 #[derive(Debug, Clone, Default, PartialEq, clap::Args)]
 pub struct ContextArgs {
     /// Rope scaling: none, yarn:F, dynamic:F, linear:F (F: the factor), or a JSON object as
     /// config.json's rope_scaling, e.g. '{"rope_type":"yarn","factor":4,"beta_fast":32}'
-    /// [default: yarn:4 for the bundled SmolLM2 (a 32768-token window instead of its native
-    /// 8192); for --model, what its config.json says].
+    /// [default: YaRN ×4 with attention factor 1 for the bundled SmolLM2 (a 32768-token window
+    /// instead of its native 8192); for --model, what its config.json says].
     #[arg(long, env = "HINDSIGHT_ROPE_SCALING", value_name = "SPEC")]
     pub rope_scaling: Option<RopeOverride>,
     /// The served window in tokens, prompt + completion; at most what the rope supports:
@@ -31,7 +36,9 @@ pub struct ContextArgs {
 
 /// `--prefix-cache-mb` in bytes (the engine's default when not given).
 pub fn prefix_cache_bytes(mb: Option<usize>) -> usize {
-    mb.map_or(crate::engine::local::DEFAULT_PREFIX_CACHE_BYTES, |mb| mb << 20)
+    mb.map_or(crate::engine::local::DEFAULT_PREFIX_CACHE_BYTES, |mb| {
+        mb << 20
+    })
 }
 
 impl ContextArgs {
@@ -126,7 +133,8 @@ mod tests {
     fn the_bundled_model_defaults_to_yarn_4_and_flags_override_it() {
         let parse = |args: &[&str]| Cli::try_parse_from([&["x"], args].concat()).map(|c| c.model);
         let bundled = parse(&[]).unwrap().overrides();
-        assert_eq!(bundled.rope_scaling.unwrap().to_string(), "yarn:4");
+        let default: RopeOverride = DEFAULT_MODEL_ROPE_SCALING.parse().unwrap();
+        assert_eq!(bundled.rope_scaling, Some(default));
         let native = parse(&["--rope-scaling", "none"]).unwrap().overrides();
         assert_eq!(native.rope_scaling, Some(RopeOverride::Off));
         let own = parse(&["--model", "/m"]).unwrap().overrides();

@@ -556,7 +556,10 @@ mod tests {
     #[test]
     fn the_bundled_model_is_served_with_yarn_4_unless_told_otherwise() {
         let bundled = ServeFlags::default().resolve().unwrap().overrides();
-        assert_eq!(bundled.rope_scaling.unwrap().to_string(), "yarn:4");
+        let default: RopeOverride = super::super::model_args::DEFAULT_MODEL_ROPE_SCALING
+            .parse()
+            .unwrap();
+        assert_eq!(bundled.rope_scaling, Some(default));
         let mut file = tempfile::NamedTempFile::new().unwrap();
         writeln!(file, "rope_scaling = \"none\"\nmax_context = 4096").unwrap();
         let native = ServeFlags {

@@ -33,6 +33,11 @@ const PREFILL_SLICE_SECONDS: f64 = 0.15;
 /// The smallest chunk: below it per-call overhead dominates.
 const MIN_PREFILL_CHUNK: usize = 32;
 
+/// After a prefill chunk, while other sequences decode, the next chunk waits until decode
+/// steps have run for this fraction of the chunk's time: decoding streams keep about a third
+/// of their speed while a long prompt prefills at about two thirds of its own.
+const DECODE_SHARE: f64 = 0.5;
+
 /// What the scheduler needs from a model: slot-based prefill and batched decode.
 /// Implemented over the tch transformer, and by a tiny fake in tests.
 pub trait StepModel {
@@ -157,6 +162,8 @@ pub struct Scheduler<M: StepModel> {
     running: Vec<Sequence>,
     /// Recent prefill speed (tokens per second), to size chunks while others decode.
     prefill_tok_s: Option<f64>,
+    /// Decode time still owed to decoding sequences since the last prefill chunk (seconds).
+    decode_owed: f64,
 }
 
 impl<M: StepModel> Scheduler<M> {
@@ -177,6 +184,7 @@ impl<M: StepModel> Scheduler<M> {
             waiting_background: VecDeque::new(),
             running: Vec::new(),
             prefill_tok_s: None,
+            decode_owed: 0.0,
         }
     }
 
@@ -328,8 +336,15 @@ impl<M: StepModel> Scheduler<M> {
         }
     }
 
-    /// Prefills up to `prefill_budget` prompt tokens across the sequences that need it.
+    /// Prefills up to `prefill_budget` prompt tokens across the sequences that need it, once
+    /// decoding sequences have had their share of time since the last chunk.
     fn prefill_some(&mut self) {
+        let decoding = self.running.iter().any(|s| s.next_input.is_some());
+        if !decoding {
+            self.decode_owed = 0.0;
+        } else if self.decode_owed > 0.0 {
+            return;
+        }
         let mut budget = self.prefill_budget();
         let started = Instant::now();
         let total = budget;
@@ -369,6 +384,9 @@ impl<M: StepModel> Scheduler<M> {
             }
         }
         let done = total - budget;
+        if decoding && done > 0 {
+            self.decode_owed = started.elapsed().as_secs_f64() * DECODE_SHARE;
+        }
         if done >= MIN_PREFILL_CHUNK {
             let speed = done as f64 / started.elapsed().as_secs_f64().max(1e-6);
             // Deeper chunks are slower (attention grows with the context): follow the recent.
@@ -387,6 +405,7 @@ impl<M: StepModel> Scheduler<M> {
         if ready.is_empty() {
             return;
         }
+        let started = Instant::now();
         let slots: Vec<usize> = ready.iter().map(|&i| self.running[i].slot).collect();
         let tokens: Vec<u32> = ready
             .iter()
@@ -419,6 +438,7 @@ impl<M: StepModel> Scheduler<M> {
             }
             Ok(logits) => finished.extend(self.emit_batch(&ready, &logits, masks)),
         }
+        self.decode_owed -= started.elapsed().as_secs_f64();
         self.retire(finished);
     }
 

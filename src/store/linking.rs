@@ -8,8 +8,10 @@
 //!    the same `user` (none matches none), newest first, in open sessions, strongest first:
 //!    - `prefix`: the request's history up to its last assistant message is exactly an earlier
 //!      request plus its reply (canonical form, see `canonical`);
-//!    - `history`: the same without system/developer messages, so a changed system prompt (a
-//!      `Current date:` line, injected notes, a compaction summary there) still links;
+//!    - `history`: the same without system/developer messages, and cut after the first message
+//!      of the final run of user/tool messages on both sides, so a changed system prompt (a
+//!      `Current date:` line, injected notes, a compaction summary there) and context a client
+//!      appends to a request but never replays (OpenClaw's) still link;
 //!    - `reply`: the last exchange — the last non-system message before the request's last
 //!      assistant message, and that message — is an earlier request's last message and its
 //!      reply, so a compaction that rewrote older history but kept the last exchange links.
@@ -138,18 +140,42 @@ fn without_system(messages: &[Value]) -> Vec<Value> {
         .collect()
 }
 
+/// Where the run of user/tool messages at the end of `messages` starts (its length when
+/// there is none).
+fn last_run_start(messages: &[Value]) -> usize {
+    messages
+        .iter()
+        .rposition(|m| !matches!(role_of(m), "user" | "tool" | "function"))
+        .map_or(0, |i| i + 1)
+}
+
+/// `messages` up to the first message of its final run of user/tool messages. The history
+/// link compares conversations cut there on both sides, because clients append context
+/// to a request that they do not replay: OpenClaw ends every request with an internal-context
+/// user message, so request N is `[sys, u1, ctx]` and request N+1 `[sys, u1, a1, u2, ctx']`.
+fn through_first_of_last_run(messages: &[Value]) -> &[Value] {
+    let start = last_run_start(messages);
+    &messages[..(start + 1).min(messages.len())]
+}
+
 /// Prefix, history and reply hashes of the history a request continues.
 fn lookups(messages: &[Value]) -> [Option<String>; 3] {
     let (history, _) = split_trailing_replies(messages);
-    if history.last().map(role_of) != Some("assistant") {
+    let Some((reply, before)) = history.split_last() else {
+        return [None, None, None];
+    };
+    if role_of(reply) != "assistant" {
         return [None, None, None];
     }
-    let conversation = without_system(history);
-    let exchange = &conversation[conversation.len().saturating_sub(2)..];
+    let before = without_system(before);
+    let mut conversation = through_first_of_last_run(&before).to_vec();
+    conversation.push(reply.clone());
+    let mut exchange = before[before.len().saturating_sub(1)..].to_vec();
+    exchange.push(reply.clone());
     [
         Some(hash_messages(history, None)),
         Some(hash_messages(&conversation, None)),
-        Some(hash_messages(exchange, None)),
+        Some(hash_messages(&exchange, None)),
     ]
 }
 
@@ -159,7 +185,7 @@ fn offers(messages: &[Value], response: (&str, Option<&Value>)) -> [String; 3] {
     let last = &conversation[conversation.len().saturating_sub(1)..];
     [
         hash_messages(messages, Some(response)),
-        hash_messages(&conversation, Some(response)),
+        hash_messages(through_first_of_last_run(&conversation), Some(response)),
         hash_messages(last, Some(response)),
     ]
 }
@@ -328,5 +354,52 @@ mod tests {
         );
         assert!(!LinkMethod::PromptCacheKey.follows_latest());
         assert!(LinkMethod::AffinityHeader.follows_latest());
+    }
+
+    #[test]
+    fn context_a_client_appends_and_never_replays_does_not_break_links() {
+        // OpenClaw: every request ends with an internal-context message the next one drops.
+        let first = turn(
+            json!([{"role": "system", "content": "s"}, {"role": "user", "content": "q1"},
+                   {"role": "user", "content": "<<<CONTEXT 1>>>"}]),
+            "a1",
+            256,
+            "stop",
+            3,
+        );
+        let next = json!([{"role": "system", "content": "s"}, {"role": "user", "content": "q1"},
+            {"role": "assistant", "content": "a1"}, {"role": "user", "content": "q2"},
+            {"role": "user", "content": "<<<CONTEXT 2>>>"}]);
+        let offered = Linking::of(&first).offers;
+        let wanted = lookups(next.as_array().unwrap());
+        assert_ne!(
+            wanted[0].as_deref(),
+            Some(offered[0].as_str()),
+            "not an exact prefix"
+        );
+        assert_eq!(wanted[1].as_deref(), Some(offered[1].as_str()), "history");
+        // Two user messages in a row, both replayed, still link by history and reply.
+        let pair = turn(
+            json!([{"role": "user", "content": "q1a"}, {"role": "user", "content": "q1b"}]),
+            "a1",
+            256,
+            "stop",
+            3,
+        );
+        let next = json!([{"role": "user", "content": "q1a"}, {"role": "user", "content": "q1b"},
+            {"role": "assistant", "content": "a1"}, {"role": "user", "content": "q2"}]);
+        let offered = Linking::of(&pair).offers;
+        let wanted = lookups(next.as_array().unwrap());
+        assert_eq!(wanted[0].as_deref(), Some(offered[0].as_str()), "prefix");
+        assert_eq!(wanted[1].as_deref(), Some(offered[1].as_str()), "history");
+        assert_eq!(wanted[2].as_deref(), Some(offered[2].as_str()), "reply");
+        // A different first question does not link.
+        let other = json!([{"role": "user", "content": "other"}, {"role": "assistant", "content": "a1"},
+            {"role": "user", "content": "q2"}]);
+        let wanted = lookups(other.as_array().unwrap());
+        assert!(wanted
+            .iter()
+            .zip(&offered)
+            .all(|(w, o)| w.as_deref() != Some(o.as_str())));
     }
 }

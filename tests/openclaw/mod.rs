@@ -114,10 +114,8 @@ impl Home {
         model["maxTokens"] = Value::from(MAX_TOKENS);
         // Without the example's session headers, as OpenClaw sends requests by default: the
         // store must link the turns by their content.
-        if std::env::var_os("TMP_KEEP_COMPAT").is_none() {
-            if let Some(model) = model.as_object_mut() {
-                model.remove("compat");
-            }
+        if let Some(model) = model.as_object_mut() {
+            model.remove("compat");
         }
         std::fs::write(
             dir.join(".openclaw/openclaw.json"),
@@ -450,32 +448,24 @@ pub fn openclaw_default_agent_turns_are_logged_linked_and_judged() {
     // The judge works in the background: poll until both conversations are complete.
     let deadline = Instant::now() + JUDGE_DEADLINE;
     loop {
-        let report: Vec<(&Mode, &String, Vec<(String, Value)>, Vec<String>)> = MODES
-            .iter()
-            .zip(&tags)
-            .map(|(mode, tag)| {
-                let turns = turns_tagged(&base, tag);
-                let problems = store_problems(&turns, mode);
-                (mode, tag, turns, problems)
-            })
-            .collect();
-        let done = report.iter().all(|(_, _, _, problems)| problems.is_empty());
+        let mut done = true;
+        let mut text = Vec::new();
+        for (mode, tag) in MODES.iter().zip(&tags) {
+            let turns = turns_tagged(&base, tag);
+            let problems = store_problems(&turns, mode);
+            done &= problems.is_empty();
+            let verdict = if problems.is_empty() {
+                "ok".to_string()
+            } else {
+                problems.join("; ")
+            };
+            text.push(format!(
+                "{} (conversation {tag}): {verdict}\n{}",
+                mode.api,
+                summary(&turns)
+            ));
+        }
         if done || Instant::now() > deadline {
-            let text: Vec<String> = report
-                .iter()
-                .map(|(mode, tag, turns, problems)| {
-                    let verdict = if problems.is_empty() {
-                        "ok".to_string()
-                    } else {
-                        problems.join("; ")
-                    };
-                    format!(
-                        "{} (conversation {tag}): {verdict}\n{}",
-                        mode.api,
-                        summary(turns)
-                    )
-                })
-                .collect();
             assert!(done, "the store lacks:\n{}", text.join("\n"));
             eprintln!("openclaw: the store holds:\n{}", text.join("\n"));
             return;

@@ -60,10 +60,12 @@ def squeeze(types):
 
 
 def shape(response):
-    """A response without what legitimately differs between two runs (ids, timestamps)."""
+    """A response without what legitimately differs between two runs (ids, timestamps, and
+    how much of the prompt the prefix cache held)."""
     data = response.model_dump(mode="json", exclude_none=True)
     for key in ("id", "created_at", "completed_at"):
         data.pop(key, None)
+    data.get("usage", {}).pop("input_tokens_details", None)
     for item in data.get("output", []):
         item.pop("id", None)
         item.pop("call_id", None)

@@ -135,6 +135,17 @@ fn truncate_chars(text: &str, max: usize) -> String {
     }
 }
 
+/// `text` without a leading time stamp that a client put before the user's words (OpenClaw:
+/// `[Sun 2026-11-29 13:31 UTC] Too long…`): a hint is what the user said, not when.
+fn without_client_stamp(text: &str) -> &str {
+    static STAMP: std::sync::OnceLock<regex::Regex> = std::sync::OnceLock::new();
+    let stamp = STAMP.get_or_init(|| {
+        regex::Regex::new(r"^\[(?:[A-Za-z]{3},? )?\d{4}-\d{2}-\d{2}[ T]\d{2}:\d{2}(?::\d{2})?(?: ?[A-Za-z+\-:0-9]{1,6})?\]\s*")
+            .expect("a valid pattern")
+    });
+    stamp.find(text).map_or(text, |m| &text[m.end()..])
+}
+
 /// Read a next state with `table`: the first user message's cues and every tool error.
 pub fn read_next_state(table: &PhraseTable, input: &JudgeInput) -> Reading {
     let decision = &table.decision;
@@ -170,7 +181,8 @@ pub fn read_next_state(table: &PhraseTable, input: &JudgeInput) -> Reading {
     if score == Some(-1) {
         if let (Some(message), Some(reading)) = (user, &user_reading) {
             if reading.negative > 0.0 && (reading.directive || reading.has_content) {
-                hint = Some(truncate_chars(message.content.trim(), MAX_HINT_CHARS));
+                let text = without_client_stamp(message.content.trim());
+                hint = Some(truncate_chars(text, MAX_HINT_CHARS));
             }
         }
     }
@@ -225,5 +237,20 @@ impl Judge for RulesJudge {
         input: &'a JudgeInput,
     ) -> BoxFuture<'a, Result<Option<Verdict>, JudgeError>> {
         async move { Ok(Self::decide(input)) }.boxed()
+    }
+}
+
+#[cfg(test)]
+mod stamp_tests {
+    use super::without_client_stamp;
+
+    #[test]
+    fn client_time_stamps_are_not_part_of_the_hint() {
+        assert_eq!(
+            without_client_stamp("[Sun 2026-11-29 13:31 UTC] Too long. Keep it short."),
+            "Too long. Keep it short."
+        );
+        assert_eq!(without_client_stamp("[2026-11-29 13:31:05] ok"), "ok");
+        assert_eq!(without_client_stamp("[note] keep me"), "[note] keep me");
     }
 }
