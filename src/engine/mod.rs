@@ -15,4 +15,5 @@ pub mod sampling;
 pub mod scheduler;
 #[cfg(test)]
 mod scheduler_tests;
+pub mod step_model;
 pub mod stop;

@@ -17,9 +17,9 @@ use tokio::sync::mpsc;
 use super::detokenize::{Decode, IncrementalText};
 use super::masks::{overlapped, RowMask};
 use super::sampling::{sample_batch, SequenceSampler};
+pub use super::step_model::StepModel;
 use super::stop::{StopMatcher, StopOutcome};
 use super::types::*;
-use crate::model::peft::AdapterSnapshot;
 
 /// Most prompt tokens prefilled per loop iteration (the chunk when nothing else decodes).
 pub const PREFILL_CHUNK: usize = 512;
@@ -37,54 +37,6 @@ const MIN_PREFILL_CHUNK: usize = 32;
 /// steps have run for this fraction of the chunk's time: decoding streams keep about a third
 /// of their speed while a long prompt prefills at about two thirds of its own.
 const DECODE_SHARE: f64 = 0.5;
-
-/// What the scheduler needs from a model: slot-based prefill and batched decode.
-/// Implemented over the tch transformer, and by a tiny fake in tests.
-pub trait StepModel {
-    fn max_slots(&self) -> usize;
-    fn alloc_slot(&mut self) -> Option<usize>;
-    fn free_slot(&mut self, slot: usize);
-    /// Feeds the next chunk of a sequence's prompt with the adapter installed under `adapter`
-    /// (None: the base weights); returns the logits of its last position, [vocab].
-    fn prefill(
-        &mut self,
-        slot: usize,
-        tokens: &[u32],
-        adapter: Option<u64>,
-    ) -> Result<Tensor, String>;
-    /// One token per sequence, each with its own adapter; returns [B, vocab] logits.
-    fn decode(
-        &mut self,
-        slots: &[usize],
-        tokens: &[u32],
-        adapters: &[Option<u64>],
-    ) -> Result<Tensor, String>;
-    /// Installs an adapter (None: the base weights) under `id` as the one new sequences use;
-    /// the previous one stays usable until `retain_adapters` drops it.
-    fn install_adapter(
-        &mut self,
-        _id: u64,
-        _adapter: Option<&AdapterSnapshot>,
-    ) -> Result<(), String> {
-        Err("this model does not take adapters".into())
-    }
-    /// Drops every earlier adapter whose id is not listed.
-    fn retain_adapters(&mut self, _ids: &[u64]) {}
-    /// Starts the empty sequence in `slot` from the cached keys and values of an earlier
-    /// sequence that shares a prefix of `prompt` (computed with `adapter`); returns how many
-    /// prompt tokens that covers (never the whole prompt).
-    fn reuse_prefix(&mut self, _slot: usize, _prompt: &[u32], _adapter: Option<u64>) -> usize {
-        0
-    }
-    /// Frees `slot`, offering its keys and values (of `tokens`, computed with `adapter`) to
-    /// the prefix cache.
-    fn free_slot_keeping(&mut self, slot: usize, _tokens: &[u32], _adapter: Option<u64>) {
-        self.free_slot(slot)
-    }
-    /// Room for `positions` in `slot`, allocated now (a hint: a long prompt then does not
-    /// regrow the cache chunk after chunk).
-    fn reserve(&mut self, _slot: usize, _positions: usize) {}
-}
 
 /// A change to the model made on the serving thread between steps; returns the new policy
 /// version.
