@@ -18,7 +18,7 @@ use crate::model::overrides::{ModelOverrides, RopeOverride};
 use crate::store::Store;
 
 use super::model_args::{model_overrides, ContextArgs};
-use super::serve_learn::{start_learner, LearnFlags};
+use super::serve_learn::{start_learner_when_ready, LearnFlags};
 use super::serve_store::{publish_store_gauges, StoreProbe};
 
 #[derive(Debug, Clone, Default, clap::Args)]
@@ -375,7 +375,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         tracing::info!(backend = store.backend(), "store opened");
         let device = crate::engine::local::parse_device(&config.device)?;
         let engine = start_local_engine(config.engine_options(model_dir.clone())).await?;
-        let learner = start_learner(
+        let learner = start_learner_when_ready(
             &config.learn,
             &model_dir,
             &config.data_dir,

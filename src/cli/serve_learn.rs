@@ -2,10 +2,14 @@
 //! table of the config file) and its start-up beside serving.
 
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
+use futures::future::BoxFuture;
 use serde::Deserialize;
+use tokio::sync::watch;
+
+use crate::api::admin::{LearnerControl, LearnerStatus};
 
 use crate::engine::LocalEngine;
 use crate::learn::guard::GuardConfig;
@@ -234,6 +238,162 @@ pub async fn start_learner(
         "learner started"
     );
     Ok(learner)
+}
+
+/// The learner of `serve`: started at once when the store is reachable, otherwise in the
+/// background once it is (serving does not wait for the database). The admin API sees it
+/// through this slot either way.
+pub struct LearnerSlot {
+    learner: Arc<OnceLock<Arc<Learner>>>,
+    mode: LearnMode,
+    stop: watch::Sender<bool>,
+    starting: Mutex<Option<tokio::task::JoinHandle<()>>>,
+}
+
+/// Starts the learner now if the store is connected (a failure is then fatal, as a bad judge
+/// configuration should be); otherwise waits for the store in the background and retries a
+/// failed start with backoff, logging each try.
+pub async fn start_learner_when_ready(
+    flags: &LearnFlags,
+    model_dir: &Path,
+    data_dir: &Path,
+    device: tch::Device,
+    store: Store,
+    engine: Arc<LocalEngine>,
+) -> anyhow::Result<Arc<LearnerSlot>> {
+    let (stop, stop_rx) = watch::channel(false);
+    let slot = LearnerSlot {
+        learner: Arc::new(OnceLock::new()),
+        mode: flags.mode(),
+        stop,
+        starting: Mutex::new(None),
+    };
+    if store.health().connected {
+        let learner = start_learner(flags, model_dir, data_dir, device, store, engine).await?;
+        let _ = slot.learner.set(learner);
+        return Ok(Arc::new(slot));
+    }
+    // Judge configuration errors still stop `serve` at start-up.
+    flags.judge_chain(&engine)?;
+    tracing::warn!("learner: the store is unreachable; the learner starts once it is back");
+    let (flags, model_dir, data_dir) = (
+        flags.clone(),
+        model_dir.to_path_buf(),
+        data_dir.to_path_buf(),
+    );
+    let cell = Arc::clone(&slot.learner);
+    let task = tokio::spawn(async move {
+        let mut stop = stop_rx;
+        let mut backoff = Duration::from_secs(1);
+        loop {
+            while !store.health().connected {
+                if stopped_within(&mut stop, Duration::from_millis(250)).await {
+                    return;
+                }
+            }
+            let started = start_learner(
+                &flags,
+                &model_dir,
+                &data_dir,
+                device,
+                store.clone(),
+                Arc::clone(&engine),
+            )
+            .await;
+            match started {
+                Ok(learner) => {
+                    let _ = cell.set(learner);
+                    return;
+                }
+                Err(err) => {
+                    tracing::warn!("learner: could not start, retrying in {backoff:?}: {err:#}")
+                }
+            }
+            if stopped_within(&mut stop, backoff).await {
+                return;
+            }
+            backoff = (backoff * 2).min(Duration::from_secs(30));
+        }
+    });
+    *slot.starting.lock().unwrap_or_else(|p| p.into_inner()) = Some(task);
+    Ok(Arc::new(slot))
+}
+
+/// Waits `wait`, or less if shutdown starts; true when it did.
+async fn stopped_within(stop: &mut watch::Receiver<bool>, wait: Duration) -> bool {
+    if *stop.borrow() {
+        return true;
+    }
+    let stopped = tokio::select! {
+        _ = tokio::time::sleep(wait) => false,
+        changed = stop.wait_for(|s| *s) => changed.is_ok(),
+    };
+    stopped || *stop.borrow()
+}
+
+impl LearnerSlot {
+    pub fn learner(&self) -> Option<&Arc<Learner>> {
+        self.learner.get()
+    }
+
+    /// Stops a start still waiting for the store, then the learner if it runs.
+    pub async fn shutdown(&self) {
+        let _ = self.stop.send(true);
+        let task = self
+            .starting
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take();
+        if let Some(task) = task {
+            let _ = task.await;
+        }
+        if let Some(learner) = self.learner.get() {
+            learner.shutdown().await;
+        }
+    }
+
+    fn waiting(&self) -> String {
+        "the learner has not started yet: it waits for the database to be reachable".into()
+    }
+}
+
+impl LearnerControl for LearnerSlot {
+    fn status(&self) -> BoxFuture<'_, Result<LearnerStatus, String>> {
+        match self.learner.get() {
+            Some(learner) => learner.status(),
+            None => {
+                let status = LearnerStatus {
+                    enabled: true,
+                    following_latest: true,
+                    mode: self.mode.as_str().into(),
+                    note: Some(self.waiting()),
+                    ..LearnerStatus::default()
+                };
+                Box::pin(async move { Ok(status) })
+            }
+        }
+    }
+
+    fn rollback(&self, version: i64) -> BoxFuture<'_, Result<LearnerStatus, String>> {
+        match self.learner.get() {
+            Some(learner) => learner.rollback(version),
+            None => Box::pin(async move { Err(self.waiting()) }),
+        }
+    }
+
+    fn pin(&self, version: i64) -> BoxFuture<'_, Result<LearnerStatus, String>> {
+        match self.learner.get() {
+            Some(learner) => learner.pin(version),
+            None => Box::pin(async move { Err(self.waiting()) }),
+        }
+    }
+
+    fn follow_latest(&self) -> BoxFuture<'_, Result<LearnerStatus, String>> {
+        match self.learner.get() {
+            Some(learner) => learner.follow_latest(),
+            None => Box::pin(async move { Err(self.waiting()) }),
+        }
+    }
 }
 
 #[cfg(test)]

@@ -5,8 +5,8 @@ use std::time::Duration;
 use crate::api::ReadinessProbe;
 use crate::store::Store;
 
-/// The store never blocks serving (an unreachable database only means turns are journaled and
-/// replayed later), so it never fails readiness; /readyz shows its state beside the verdict.
+/// An unreachable database does not stop serving (turns are journaled and replayed later), but
+/// /readyz says so: not ready, with the reason, until the writer reaches the database again.
 pub struct StoreProbe(pub Store);
 
 impl ReadinessProbe for StoreProbe {
@@ -15,7 +15,15 @@ impl ReadinessProbe for StoreProbe {
     }
 
     fn check(&self) -> Result<(), String> {
-        Ok(())
+        let health = self.0.health();
+        if health.connected {
+            return Ok(());
+        }
+        let reason = health.last_error.as_deref().unwrap_or("not reached yet");
+        Err(format!(
+            "{} unreachable ({reason}); turns are journaled ({} rows) and replayed once it is back",
+            health.backend, health.journal_rows
+        ))
     }
 
     fn detail(&self) -> serde_json::Value {

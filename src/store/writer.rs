@@ -64,8 +64,12 @@ impl Shared {
         *self.last_error.lock().unwrap_or_else(|p| p.into_inner()) = Some(err.to_string());
     }
 
+    /// Back in touch with the database: the error that took it away is history.
     fn set_ok(&self) {
-        self.connected.store(true, Ordering::Relaxed);
+        if !self.connected.swap(true, Ordering::Relaxed) {
+            tracing::info!("store: database reachable again");
+        }
+        *self.last_error.lock().unwrap_or_else(|p| p.into_inner()) = None;
     }
 
     fn forget_pending(&self, ops: &[Sequenced]) {
@@ -111,7 +115,10 @@ impl Writer {
 
     pub async fn run(mut self) {
         loop {
-            let first = if self.shared.journal.rows() > 0 {
+            // A journal to replay, or a database that is down: wake up to probe it.
+            let probing =
+                self.shared.journal.rows() > 0 || !self.shared.connected.load(Ordering::Relaxed);
+            let first = if probing {
                 let wait = self.until_probe().max(Duration::from_millis(20));
                 match tokio::time::timeout(wait, self.rx.recv()).await {
                     Ok(msg) => msg.map(Some),
@@ -137,7 +144,11 @@ impl Writer {
                     Err(_) => break,
                 }
             }
+            let idle = ops.is_empty() && control.is_none();
             self.write(ops).await;
+            if idle && self.shared.journal.rows() == 0 {
+                self.probe().await;
+            }
             let shutting_down = matches!(control, Some(Msg::Shutdown(_)));
             if self.shared.journal.rows() > 0 && (self.rx.is_empty() || control.is_some()) {
                 if shutting_down {
@@ -190,6 +201,17 @@ impl Writer {
             }
         }
         true
+    }
+
+    /// Checks a database that is down (nothing to write meanwhile), so health tells the truth.
+    async fn probe(&mut self) {
+        if self.shared.connected.load(Ordering::Relaxed) || !self.ready().await {
+            return;
+        }
+        match self.shared.db.ping().await {
+            Ok(()) => self.mark_up(),
+            Err(err) => self.mark_down(&err),
+        }
     }
 
     fn mark_down(&mut self, err: &dyn std::fmt::Display) {
