@@ -179,3 +179,74 @@ async fn a_stream_finishes_on_the_version_it_started_on() {
     assert_ne!(fresh, unswapped, "the new adapter must change the reply");
     engine.handle().shutdown();
 }
+
+/// Published versions 1..=3, then a power cut: version 3's weights are torn (empty) and a byte
+/// of version 2's flipped (it still parses; only its checksum tells). The server still starts:
+/// both are marked bad and version 1 serves. With version 1 gone as well, the base serves.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_adapters_at_start_are_marked_bad_and_the_last_good_version_serves() {
+    use hindsight::learn::publish::{adapter_checksum, version_dir, write_version};
+    use hindsight::learn::versions::{VersionControl, BAD, PROMOTED};
+    use hindsight::store::{NewVersion, Store};
+    use std::sync::Arc;
+
+    let dir = model_dir();
+    let engine = Arc::new(LocalEngine::start(EngineOptions::new(dir.clone(), "torn")).unwrap());
+    let data = tempfile::tempdir().unwrap();
+    let store = Store::connect(None, data.path()).await.unwrap();
+    let adapters = data.path().join("adapters");
+    for v in 1..=3i64 {
+        let path = write_version(&adapters, v, &adapter(&dir, v as u64)).unwrap();
+        store
+            .insert_version(&NewVersion {
+                version: v,
+                step: Some(v),
+                path: path.display().to_string(),
+                status: PROMOTED.into(),
+                reason: None,
+                guard: None,
+                metrics: None,
+                checksum: Some(adapter_checksum(&path).unwrap()),
+            })
+            .await
+            .unwrap();
+    }
+    let weights = |v: i64| version_dir(&adapters, v).join("adapter_model.safetensors");
+    std::fs::File::create(weights(3)).unwrap();
+    let mut bytes = std::fs::read(weights(2)).unwrap();
+    *bytes.last_mut().unwrap() ^= 0x01;
+    std::fs::write(weights(2), &bytes).unwrap();
+
+    let control = VersionControl::new(store.clone(), Arc::clone(&engine));
+    let state = control
+        .restore()
+        .await
+        .expect("a bad adapter must not stop the start");
+    assert_eq!((state.serving_version, state.latest_promoted), (1, 1));
+    let row = |v: i64| {
+        let store = store.clone();
+        async move { store.version(v).await.unwrap().unwrap() }
+    };
+    assert_eq!(row(3).await.status, BAD);
+    assert_eq!(row(2).await.status, BAD);
+    let reason = row(2).await.reason.unwrap();
+    assert!(reason.contains("checksum mismatch"), "{reason}");
+    assert_eq!(row(1).await.status, PROMOTED);
+    let (tokens, served) = finish(engine.submit(request(&engine, 0)).unwrap()).await;
+    assert_eq!((tokens, served), (24, 1));
+
+    // Swapping to a bad version at run time fails, and what serves stays.
+    assert!(control.pin(3).await.is_err());
+    assert_eq!(control.state().await.unwrap().serving_version, 1);
+
+    std::fs::remove_dir_all(version_dir(&adapters, 1)).unwrap();
+    let state = control
+        .restore()
+        .await
+        .expect("a missing adapter must not stop the start");
+    assert_eq!(state.serving_version, 0);
+    assert_eq!(row(1).await.status, BAD);
+    let (_, served) = finish(engine.submit(request(&engine, 1)).unwrap()).await;
+    assert_eq!(served, 0);
+    engine.handle().shutdown();
+}

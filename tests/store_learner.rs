@@ -336,6 +336,7 @@ async fn samples_steps_versions_state(db: &TestDb) {
                 reason: None,
                 guard: Some(json!({"kl": 0.01 * v as f64})),
                 metrics: Some(json!({"loss": 0.5})),
+                checksum: (v == 1).then(|| "ab".repeat(32)),
             })
             .await
             .unwrap();
@@ -349,6 +350,7 @@ async fn samples_steps_versions_state(db: &TestDb) {
             reason: None,
             guard: None,
             metrics: None,
+            checksum: None,
         })
         .await
         .is_err());
@@ -370,6 +372,8 @@ async fn samples_steps_versions_state(db: &TestDb) {
     assert_eq!(versions[0].reason.as_deref(), Some("replies collapsed"));
     assert_eq!(versions[0].guard, Some(json!({"kl": 0.02})));
     assert_eq!(versions[1].path, "/data/adapters/v1");
+    assert_eq!(versions[1].checksum, Some("ab".repeat(32)));
+    assert_eq!(versions[0].checksum, None);
     assert_eq!(store.version(1).await.unwrap().unwrap().status, "promoted");
     assert!(store.version(7).await.unwrap().is_none());
     assert_eq!(store.latest_version_number().await.unwrap(), 2);

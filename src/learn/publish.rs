@@ -4,8 +4,12 @@
 use std::path::{Path, PathBuf};
 
 use anyhow::Context;
+use sha2::{Digest, Sha256};
 
-use crate::model::peft::AdapterSnapshot;
+use crate::model::peft::{sync_path, AdapterSnapshot};
+
+/// The files of a published version, in the order the checksum covers them.
+const ADAPTER_FILES: [&str; 2] = ["adapter_config.json", "adapter_model.safetensors"];
 
 /// Where version `version` lives under `root`.
 pub fn version_dir(root: &Path, version: i64) -> PathBuf {
@@ -37,7 +41,43 @@ pub fn write_version(
     let staged = staging.keep();
     std::fs::rename(&staged, &target)
         .with_context(|| format!("publishing {} as {}", staged.display(), target.display()))?;
+    // save_peft synced the files; the rename itself is durable once the directory is.
+    sync_path(root).with_context(|| format!("syncing {}", root.display()))?;
     Ok(target)
+}
+
+/// SHA-256 (hex) over a published version's files: each file's name, length and bytes.
+pub fn adapter_checksum(dir: &Path) -> anyhow::Result<String> {
+    let mut hasher = Sha256::new();
+    for name in ADAPTER_FILES {
+        let path = dir.join(name);
+        let mut file =
+            std::fs::File::open(&path).with_context(|| format!("opening {}", path.display()))?;
+        let len = file
+            .metadata()
+            .with_context(|| format!("reading {}", path.display()))?
+            .len();
+        hasher.update(name.as_bytes());
+        hasher.update([0]);
+        hasher.update(len.to_le_bytes());
+        std::io::copy(&mut file, &mut hasher)
+            .with_context(|| format!("reading {}", path.display()))?;
+    }
+    Ok(hex::encode(hasher.finalize()))
+}
+
+/// Reads a published version back after checking it against its recorded checksum (None:
+/// recorded before checksums were kept, only parsing checks it).
+pub fn read_verified(path: &Path, checksum: Option<&str>) -> anyhow::Result<AdapterSnapshot> {
+    if let Some(expected) = checksum {
+        let found = adapter_checksum(path)?;
+        anyhow::ensure!(
+            found.eq_ignore_ascii_case(expected),
+            "checksum mismatch at {}: recorded {expected}, found {found}",
+            path.display()
+        );
+    }
+    read_version(path)
 }
 
 /// Reads a published version back.
@@ -80,5 +120,27 @@ mod tests {
         let back = read_version(&path).unwrap();
         assert_eq!(back.tensors.len(), 2);
         assert_eq!(back.tensors[1].data, vec![0.5; 64]);
+
+        let sum = adapter_checksum(&path).unwrap();
+        assert_eq!(sum.len(), 64);
+        assert_eq!(
+            adapter_checksum(&path).unwrap(),
+            sum,
+            "the checksum is stable"
+        );
+        assert!(read_verified(&path, Some(&sum)).is_ok());
+        assert!(read_verified(&path, None).is_ok());
+        // One flipped byte: same size, still parses, wrong checksum.
+        let weights = path.join("adapter_model.safetensors");
+        let mut bytes = std::fs::read(&weights).unwrap();
+        *bytes.last_mut().unwrap() ^= 0xff;
+        std::fs::write(&weights, &bytes).unwrap();
+        assert!(read_version(&path).is_ok());
+        let err = read_verified(&path, Some(&sum)).unwrap_err();
+        assert!(format!("{err:#}").contains("checksum mismatch"), "{err:#}");
+        // Torn: truncated to nothing, unparsable whether or not a checksum was recorded.
+        std::fs::File::create(&weights).unwrap();
+        assert!(read_verified(&path, None).is_err());
+        assert!(read_verified(&path, Some(&sum)).is_err());
     }
 }

@@ -12,7 +12,7 @@ use tch::Device;
 use super::guard::{
     distinct_trigrams, greedy_replies, reply_kl, verdict, GuardConfig, GuardReport, ProbeResult,
 };
-use super::publish::write_version;
+use super::publish::{adapter_checksum, write_version};
 use super::samples::{sampling_transform, TrainingSample};
 use super::trainer::{StepMetrics, Trainer, TrainerConfig};
 use super::versions::{VersionControl, PROMOTED, REJECTED};
@@ -186,6 +186,7 @@ impl TrainingLoop {
             let snapshot = trainer.snapshot();
             let report = guard_report(trainer, probes, &self.options.guard)?;
             let path = write_version(&self.options.adapters_dir, version, &snapshot)?;
+            let checksum = adapter_checksum(&path)?;
             let status = if report.passed { PROMOTED } else { REJECTED };
             self.runtime
                 .block_on(self.store.insert_version(&NewVersion {
@@ -196,6 +197,7 @@ impl TrainingLoop {
                     reason: report.reason.clone(),
                     guard: Some(serde_json::to_value(&report)?),
                     metrics: Some(serde_json::to_value(&metrics)?),
+                    checksum: Some(checksum),
                 }))?;
             created_version = Some(version);
             if report.passed {

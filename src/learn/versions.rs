@@ -8,7 +8,7 @@ use anyhow::Context;
 use serde::Serialize;
 use tokio::sync::{oneshot, Mutex};
 
-use super::publish::read_version;
+use super::publish::read_verified;
 use crate::engine::LocalEngine;
 use crate::model::peft::AdapterSnapshot;
 use crate::store::Store;
@@ -17,6 +17,15 @@ use crate::store::Store;
 pub const PROMOTED: &str = "promoted";
 pub const REJECTED: &str = "rejected";
 pub const ROLLED_BACK: &str = "rolled_back";
+/// Its published adapter is missing, unreadable, fails its checksum or does not parse.
+pub const BAD: &str = "bad";
+
+/// A version's adapter as read from disk.
+enum Loaded {
+    /// None: the base model.
+    Ready(Option<AdapterSnapshot>),
+    Bad(anyhow::Error),
+}
 
 /// Where serving stands, as the admin API reports it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -65,14 +74,42 @@ impl VersionControl {
     }
 
     /// Loads what should serve after a restart: the pinned version, else the latest promoted.
+    /// A version whose adapter is bad is marked bad and the next older promoted version serves
+    /// (the base when none is good), so a torn adapter never stops the server.
     pub async fn restore(&self) -> anyhow::Result<ServingState> {
         let _guard = self.lock.lock().await;
         let learner = self.store.learner_state().await?;
-        let target = match learner.pinned_version {
-            Some(v) => v,
-            None => self.latest_promoted().await?,
-        };
-        self.load_and_swap(target).await?;
+        let mut candidates: Vec<i64> = learner.pinned_version.into_iter().collect();
+        let mut promoted: Vec<i64> = self
+            .store
+            .versions()
+            .await?
+            .iter()
+            .filter(|v| v.status == PROMOTED)
+            .map(|v| v.version)
+            .collect();
+        promoted.sort_unstable_by(|a, b| b.cmp(a));
+        candidates.extend(promoted);
+        candidates.push(0);
+        let mut seen = std::collections::HashSet::new();
+        candidates.retain(|v| seen.insert(*v));
+        for version in candidates {
+            match self.load(version).await? {
+                Loaded::Ready(snapshot) => {
+                    self.swap(version, snapshot.map(Arc::new)).await?;
+                    break;
+                }
+                Loaded::Bad(err) => {
+                    self.mark_bad(version, &err).await;
+                    if learner.pinned_version == Some(version) {
+                        tracing::warn!(version, "the pinned version is bad; unpinning");
+                        if let Err(e) = self.store.set_pinned(None).await {
+                            tracing::warn!(error = %e, "could not unpin the bad version");
+                        }
+                    }
+                }
+            }
+        }
         drop(_guard);
         self.state().await
     }
@@ -129,23 +166,56 @@ impl VersionControl {
         Ok(true)
     }
 
-    /// The adapter of a version (None for the base), read from its published directory.
+    /// The adapter of a version (None for the base), read from its published directory and
+    /// checked against its recorded checksum. A bad adapter is marked bad and is an error.
     pub async fn snapshot_of(&self, version: i64) -> anyhow::Result<Option<AdapterSnapshot>> {
+        match self.load(version).await? {
+            Loaded::Ready(snapshot) => Ok(snapshot),
+            Loaded::Bad(err) => {
+                self.mark_bad(version, &err).await;
+                Err(err.context(format!("policy version {version} is bad")))
+            }
+        }
+    }
+
+    /// Reads `version`'s adapter; the outer error is the store's, `Loaded::Bad` the adapter's.
+    async fn load(&self, version: i64) -> anyhow::Result<Loaded> {
         if version == 0 {
-            return Ok(None);
+            return Ok(Loaded::Ready(None));
         }
         let row = self
             .store
             .version(version)
             .await?
             .with_context(|| format!("there is no policy version {version}"))?;
-        let path = row.path.clone();
-        let snapshot = tokio::task::spawn_blocking(move || read_version(Path::new(&path)))
-            .await
-            .context("adapter loader panicked")??;
-        Ok(Some(snapshot))
+        let (path, checksum) = (row.path.clone(), row.checksum.clone());
+        let read = tokio::task::spawn_blocking(move || {
+            read_verified(Path::new(&path), checksum.as_deref())
+        })
+        .await
+        .context("adapter loader panicked")?;
+        Ok(match read {
+            Ok(snapshot) => Loaded::Ready(Some(snapshot)),
+            Err(err) => Loaded::Bad(err),
+        })
     }
 
+    /// Logs a bad adapter and records it on the version; a store error is only logged, so a
+    /// database outage never turns a bad adapter into a failed start.
+    async fn mark_bad(&self, version: i64, err: &anyhow::Error) {
+        let reason = format!("{err:#}");
+        tracing::error!(version, %reason, "policy version's adapter is bad; it will not serve");
+        metrics::counter!("hindsight_bad_adapters_total").increment(1);
+        if let Err(e) = self
+            .store
+            .set_version_status(version, BAD, Some(&reason))
+            .await
+        {
+            tracing::warn!(version, error = %e, "could not mark the version bad");
+        }
+    }
+
+    /// Swaps to `version`; a bad adapter is marked bad and the serving version stays.
     async fn load_and_swap(&self, version: i64) -> anyhow::Result<()> {
         let snapshot = self.snapshot_of(version).await?;
         self.swap(version, snapshot.map(Arc::new)).await

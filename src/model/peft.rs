@@ -191,11 +191,15 @@ impl AdapterSnapshot {
         std::fs::create_dir_all(parent).map_err(|e| ModelError::io(parent, e))?;
         let staged = parent.join(format!(".adapter-{}", uuid::Uuid::new_v4()));
         std::fs::create_dir(&staged).map_err(|e| ModelError::io(&staged, e))?;
+        // Files and the staged directory reach the disk before the rename, the rename before
+        // returning: a power cut leaves the old directory or the whole new one, never a torn one.
         let result = self.write_peft_files(&staged).and_then(|()| {
+            sync_path(&staged)?;
             if dir.exists() {
                 std::fs::remove_dir_all(dir).map_err(|e| ModelError::io(dir, e))?;
             }
-            std::fs::rename(&staged, dir).map_err(|e| ModelError::io(dir, e))
+            std::fs::rename(&staged, dir).map_err(|e| ModelError::io(dir, e))?;
+            sync_path(parent)
         });
         if result.is_err() {
             let _ = std::fs::remove_dir_all(&staged);
@@ -231,6 +235,7 @@ impl AdapterSnapshot {
             source,
         })?;
         std::fs::write(&config_path, text).map_err(|e| ModelError::io(&config_path, e))?;
+        sync_path(&config_path)?;
         let bytes: Vec<Vec<u8>> = self
             .tensors
             .iter()
@@ -250,7 +255,8 @@ impl AdapterSnapshot {
             ));
         }
         let metadata = Some(HashMap::from([("format".to_string(), "pt".to_string())]));
-        safetensors::serialize_to_file(views, metadata, &weights_path).map_err(safetensors_err)
+        safetensors::serialize_to_file(views, metadata, &weights_path).map_err(safetensors_err)?;
+        sync_path(&weights_path)
     }
 
     /// Reads a PEFT LoRA directory (f32/f16/bf16 tensors).
@@ -406,4 +412,11 @@ impl Transformer {
             fused: Some(fused),
         })
     }
+}
+
+/// Flushes a file, or a directory's entries, to the disk (fsync).
+pub fn sync_path(path: &Path) -> Result<(), ModelError> {
+    std::fs::File::open(path)
+        .and_then(|f| f.sync_all())
+        .map_err(|e| ModelError::io(path, e))
 }

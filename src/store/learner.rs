@@ -121,6 +121,8 @@ pub struct NewVersion {
     pub reason: Option<String>,
     pub guard: Option<Value>,
     pub metrics: Option<Value>,
+    /// SHA-256 of the published adapter files (hex); None when not recorded.
+    pub checksum: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -132,6 +134,8 @@ pub struct VersionRow {
     pub reason: Option<String>,
     pub guard: Option<Value>,
     pub metrics: Option<Value>,
+    /// SHA-256 of the published adapter files (hex); None on versions published before it.
+    pub checksum: Option<String>,
     pub created_at: Time,
 }
 

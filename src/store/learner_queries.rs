@@ -40,7 +40,8 @@ const SAMPLE_COLUMNS: &str = "s.id, s.turn_id, s.kind, s.reward, s.hint, s.polic
     t.messages, t.tools, t.prompt_token_ids, t.response_token_ids, t.response_logprobs, \
     t.sampling, s.created_at";
 
-const VERSION_COLUMNS: &str = "version, step, path, status, reason, guard, metrics, created_at";
+const VERSION_COLUMNS: &str =
+    "version, step, path, status, reason, guard, metrics, checksum, created_at";
 
 macro_rules! backend_learner {
     ($module:ident, $db:ty, $lock:literal) => {
@@ -321,8 +322,8 @@ macro_rules! backend_learner {
 
             pub async fn insert_version(pool: &Pool, v: &NewVersion) -> Result<(), sqlx::Error> {
                 sqlx::query(
-                    "INSERT INTO policy_versions (version, step, path, status, reason, guard, metrics, created_at) \
-                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+                    "INSERT INTO policy_versions (version, step, path, status, reason, guard, metrics, checksum, created_at) \
+                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
                 )
                 .bind(v.version)
                 .bind(v.step)
@@ -331,6 +332,7 @@ macro_rules! backend_learner {
                 .bind(&v.reason)
                 .bind(v.guard.as_ref().map(Json))
                 .bind(v.metrics.as_ref().map(Json))
+                .bind(&v.checksum)
                 .bind(chrono::Utc::now())
                 .execute(pool)
                 .await?;
@@ -378,6 +380,7 @@ macro_rules! backend_learner {
                             reason: row.try_get("reason")?,
                             guard: guard.map(|g| g.0),
                             metrics: metrics.map(|m| m.0),
+                            checksum: row.try_get("checksum")?,
                             created_at: row.try_get("created_at")?,
                         })
                     })

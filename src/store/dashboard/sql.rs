@@ -379,11 +379,12 @@ macro_rules! dashboard_sql {
                     reason: row.try_get("reason")?,
                     guard: guard.map(|g| g.0),
                     metrics: metrics.map(|m| m.0),
+                    checksum: row.try_get("checksum")?,
                     created_at: row.try_get("created_at")?,
                 })
             }
 
-            const VERSION_COLUMNS: &str = "version, step, path, status, reason, guard, metrics, created_at";
+            const VERSION_COLUMNS: &str = "version, step, path, status, reason, guard, metrics, checksum, created_at";
 
             pub async fn turn_key(pool: &Pool, response_id: &str) -> Result<Option<String>, sqlx::Error> {
                 sqlx::query_scalar("SELECT key_id FROM turns WHERE response_id = $1")
