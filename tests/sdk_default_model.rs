@@ -84,23 +84,13 @@ fn start_server(port: u16, db: &Path, extra: &[&str]) -> Server {
     panic!("the server did not become ready");
 }
 
-/// Runs a client suite against the server. Its output is printed when it passes; a failure (or
-/// a hang past [`SUITE_TIMEOUT`]) comes back as an error carrying that output.
-fn run_suite(command: &mut Command, base_url: &str) -> Result<(), String> {
-    let started = Instant::now();
-    let mut child = command
-        .current_dir(repo())
-        .env("HINDSIGHT_BASE_URL", base_url)
-        .env("HINDSIGHT_API_KEY", KEY)
-        .env("HINDSIGHT_EXPECT_AUTH", "1")
-        .env("HINDSIGHT_EXPECT_429", "1")
-        .env("PYTHONUNBUFFERED", "1")
-        .env_remove("HINDSIGHT_MODEL")
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap_or_else(|err| panic!("cannot run {command:?}: {err}"));
+/// Waits for `child` (stdout and stderr piped) until `started + timeout`, killing it then;
+/// returns its status (None: killed), stdout and stderr.
+fn wait_output(
+    mut child: Child,
+    started: Instant,
+    timeout: Duration,
+) -> (Option<std::process::ExitStatus>, String, String) {
     let drain = |mut pipe: Box<dyn Read + Send>| {
         std::thread::spawn(move || {
             let mut bytes = Vec::new();
@@ -114,18 +104,39 @@ fn run_suite(command: &mut Command, base_url: &str) -> Result<(), String> {
         if let Some(status) = child.try_wait().unwrap() {
             break Some(status);
         }
-        if started.elapsed() > SUITE_TIMEOUT {
+        if started.elapsed() > timeout {
             let _ = child.kill();
             let _ = child.wait();
             break None;
         }
         std::thread::sleep(Duration::from_millis(200));
     };
-    let text = format!(
-        "{}\n{}",
+    (
+        status,
         stdout.join().unwrap_or_default(),
-        stderr.join().unwrap_or_default()
-    );
+        stderr.join().unwrap_or_default(),
+    )
+}
+
+/// Runs a client suite against the server. Its output is printed when it passes; a failure (or
+/// a hang past [`SUITE_TIMEOUT`]) comes back as an error carrying that output.
+fn run_suite(command: &mut Command, base_url: &str) -> Result<(), String> {
+    let started = Instant::now();
+    let child = command
+        .current_dir(repo())
+        .env("HINDSIGHT_BASE_URL", base_url)
+        .env("HINDSIGHT_API_KEY", KEY)
+        .env("HINDSIGHT_EXPECT_AUTH", "1")
+        .env("HINDSIGHT_EXPECT_429", "1")
+        .env("PYTHONUNBUFFERED", "1")
+        .env_remove("HINDSIGHT_MODEL")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|err| panic!("cannot run {command:?}: {err}"));
+    let (status, stdout, stderr) = wait_output(child, started, SUITE_TIMEOUT);
+    let text = format!("{stdout}\n{stderr}");
     let took = started.elapsed();
     match status {
         None => Err(format!(

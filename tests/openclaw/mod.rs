@@ -18,7 +18,7 @@
 //! and only changes one sentence of the `openclaw` tool's description.
 
 use std::collections::BTreeSet;
-use std::io::{Read, Write};
+use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -175,7 +175,7 @@ impl Home {
 /// One headless turn; the reply text, or why the turn failed (with OpenClaw's output).
 fn turn(bin: &Path, home: &Home, session: &str, message: &str) -> Result<String, String> {
     let started = Instant::now();
-    let mut child = home
+    let child = home
         .command(bin)
         .args(["agent", "--local", "--json", "--timeout", "600"])
         .args(["--session-id", session, "--message", message])
@@ -184,30 +184,7 @@ fn turn(bin: &Path, home: &Home, session: &str, message: &str) -> Result<String,
         .stderr(Stdio::piped())
         .spawn()
         .expect("openclaw agent starts");
-    let drain = |mut pipe: Box<dyn Read + Send>| {
-        std::thread::spawn(move || {
-            let mut bytes = Vec::new();
-            let _ = pipe.read_to_end(&mut bytes);
-            String::from_utf8_lossy(&bytes).into_owned()
-        })
-    };
-    let stdout = drain(Box::new(child.stdout.take().unwrap()));
-    let stderr = drain(Box::new(child.stderr.take().unwrap()));
-    let status = loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            break Some(status);
-        }
-        if started.elapsed() > TURN_TIMEOUT {
-            let _ = child.kill();
-            let _ = child.wait();
-            break None;
-        }
-        std::thread::sleep(Duration::from_millis(200));
-    };
-    let (stdout, stderr) = (
-        stdout.join().unwrap_or_default(),
-        stderr.join().unwrap_or_default(),
-    );
+    let (status, stdout, stderr) = super::wait_output(child, started, TURN_TIMEOUT);
     let took = started.elapsed();
     let tail = |text: &str| {
         let lines: Vec<&str> = text.lines().collect();
